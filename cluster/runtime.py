@@ -1,0 +1,88 @@
+"""Start or join Ray for one `z2h` command.
+
+With no `cluster.address` and no RAY_ADDRESS, an embedded local Ray starts in-process:
+dashboard (if asked for) bound to 127.0.0.1, session files under the work dir.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from pipeline.errors import UsageError
+
+# Unix socket paths are capped at 107 bytes; Ray's session folder adds about 70.
+_MAX_TEMP_DIR = 36
+
+
+def ray_temp_dir(workdir: Path) -> Path:
+    """`<workdir>/ray` when short enough for Ray's socket paths, else a short per-workdir
+    folder under the system temp dir."""
+    preferred = workdir / "ray"
+    if len(str(preferred)) <= _MAX_TEMP_DIR:
+        return preferred
+    tag = hashlib.sha1(str(workdir).encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / f"z2h-ray-{tag}"
+
+
+def resolve_address(address: str | None) -> str | None:
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
+def start(
+    workdir: Path,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    dashboard: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> str | None:
+    """Initialise Ray for this process; returns the cluster address (None when embedded)."""
+    import ray
+
+    if ray.is_initialized():
+        return resolve_address(address)
+    target = resolve_address(address)
+    runtime_env = {"env_vars": dict(env)} if env else None
+    try:
+        if target:
+            ray.init(address=target, runtime_env=runtime_env, logging_level=logging.WARNING)
+        else:
+            temp = ray_temp_dir(workdir)
+            temp.mkdir(parents=True, exist_ok=True)
+            ray.init(
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                include_dashboard=dashboard,
+                dashboard_host="127.0.0.1",
+                _temp_dir=str(temp),
+                runtime_env=runtime_env,
+                logging_level=logging.WARNING,
+            )
+    except ConnectionError as exc:
+        raise UsageError(f"cannot connect to the Ray cluster at {target}: {exc}") from None
+    return target
+
+
+def stop() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def check_resources(stage: str, cpus: float, gpus: float) -> None:
+    """Refuse a stage the cluster can never schedule, instead of waiting forever."""
+    import ray
+
+    available = ray.cluster_resources()
+    have_cpus, have_gpus = available.get("CPU", 0.0), available.get("GPU", 0.0)
+    if cpus > have_cpus or gpus > have_gpus:
+        raise UsageError(
+            f"stage '{stage}' needs {cpus:g} CPU and {gpus:g} GPU but the Ray cluster has "
+            f"{have_cpus:g} CPU and {have_gpus:g} GPU: lower the stage's workers/resources or add nodes"
+        )

@@ -1,0 +1,192 @@
+"""YAML -> validated, typed pipeline config.
+
+Several `-c` files merge in order, then repeatable `--set a.b.c=value` overrides apply.
+Every problem is reported with its key path and reason before any work starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.errors import UsageError
+from pipeline.stage import Stage, StageConfig
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("z2h", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    workdir: Path = Path(".z2h")
+    seed: int = Field(1337, ge=0)
+    tracking_uri: str | None = Field(None, description="default: sqlite:///<workdir>/mlflow.db")
+
+    @field_validator("workdir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
+
+    @property
+    def tracking(self) -> str:
+        return self.tracking_uri or f"sqlite:///{self.workdir / 'mlflow.db'}"
+
+
+class ClusterConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    address: str | None = Field(None, description="running Ray cluster; None: RAY_ADDRESS or embedded local Ray")
+    num_cpus: int | None = Field(None, ge=1, description="embedded Ray only; default: all cores")
+    num_gpus: int | None = Field(None, ge=0, description="embedded Ray only; default: detected")
+    dashboard: bool = Field(False, description="start Ray's dashboard (bound to 127.0.0.1)")
+
+
+@dataclass
+class PipelineConfig:
+    run: RunConfig
+    cluster: ClusterConfig
+    stages: dict[str, StageConfig]  # in the order the YAML lists them
+    sources: tuple[str, ...] = ()  # the files it came from
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run": self.run.model_dump(mode="json"),
+            "cluster": self.cluster.model_dump(mode="json"),
+            "stages": {name: cfg.model_dump(mode="json") for name, cfg in self.stages.items()},
+        }
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one `a.b.c=value` override; the value is parsed as YAML (`3e-4`, `[1,2]`, `null`)."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key.strip():
+        raise UsageError(f"--set {assignment!r}: expected KEY=VALUE, e.g. stages.pretrain.lr=3e-4")
+    parts = key.strip().split(".")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as exc:
+        raise UsageError(f"--set {key}: value {text!r} is not valid YAML ({exc.__class__.__name__})") from None
+    node = raw
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            where = ".".join(parts[: depth + 1])
+            raise UsageError(f"--set {key}: {where} is a {type(child).__name__}, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise UsageError(f"config {path}: no such file (configs/ holds the shipped ones, e.g. configs/tiny.yaml)")
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UsageError(f"config {path}: cannot read it ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UsageError(f"config {path}:{where}: invalid YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"config {path}: top level must be a mapping with run/cluster/stages, got {type(data).__name__}")
+    return data
+
+
+def format_errors(prefix: str, error: ValidationError) -> list[str]:
+    lines = []
+    for item in error.errors():
+        path = ".".join([prefix, *(str(p) for p in item["loc"])]) if prefix else ".".join(str(p) for p in item["loc"])
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{path}: {message}")
+    return lines
+
+
+def validate(raw: Mapping[str, Any], registry: Mapping[str, Stage], sources: Iterable[str] = ()) -> PipelineConfig:
+    errors: list[str] = []
+    for key in raw:
+        if key not in ("run", "cluster", "stages"):
+            errors.append(f"{key}: unknown section (expected run, cluster, stages)")
+
+    def section(name: str, model: type[BaseModel]) -> Any:
+        value = raw.get(name) or {}
+        if not isinstance(value, Mapping):
+            errors.append(f"{name}: must be a mapping, got {type(value).__name__}")
+            return None
+        try:
+            return model.model_validate(value)
+        except ValidationError as exc:
+            errors.extend(format_errors(name, exc))
+            return None
+
+    run = section("run", RunConfig)
+    cluster = section("cluster", ClusterConfig)
+    stages_raw = raw.get("stages") or {}
+    stages: dict[str, StageConfig] = {}
+    if not isinstance(stages_raw, Mapping):
+        errors.append(f"stages: must be a mapping of stage name to settings, got {type(stages_raw).__name__}")
+        stages_raw = {}
+    for name, body in stages_raw.items():
+        stage = registry.get(name)
+        if stage is None:
+            errors.append(f"stages.{name}: unknown stage (known: {', '.join(sorted(registry)) or 'none'})")
+            continue
+        if body is not None and not isinstance(body, Mapping):
+            errors.append(f"stages.{name}: must be a mapping, got {type(body).__name__}")
+            continue
+        try:
+            stages[name] = stage.config_model.model_validate(body or {})
+        except ValidationError as exc:
+            errors.extend(format_errors(f"stages.{name}", exc))
+    for name in stages:
+        for need in registry[name].needs:
+            if need not in stages_raw:
+                errors.append(f"stages.{name}: needs stage '{need}', which this config does not define")
+    if errors:
+        raise UsageError("invalid config:\n  " + "\n  ".join(errors))
+    config = PipelineConfig(run=run, cluster=cluster, stages=stages, sources=tuple(sources))
+    for name, stage_config in stages.items():
+        try:
+            stage_config.check_against(config)
+        except ValueError as exc:
+            errors.append(f"stages.{name}.{exc}" if not str(exc).startswith("stages.") else str(exc))
+    if errors:
+        raise UsageError("invalid config:\n  " + "\n  ".join(errors))
+    return config
+
+
+def load(paths: Iterable[Path | str], overrides: Iterable[str], registry: Mapping[str, Stage]) -> PipelineConfig:
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise UsageError("no config given: pass one, e.g. `z2h run configs/tiny.yaml`")
+    raw: dict[str, Any] = {}
+    for path in paths:
+        raw = deep_merge(raw, read_yaml(path))
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return validate(raw, registry, sources=[str(p) for p in paths])

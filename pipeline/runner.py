@@ -1,0 +1,252 @@
+"""Executes a plan: each selected stage runs as a Ray task (or is reused from the store),
+with one MLflow parent run for the command and one nested run per stage."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from cluster import runtime
+from pipeline import lineage
+from pipeline.errors import UsageError
+from pipeline.execute import StageJob, execute
+from pipeline.graph import Plan, PlannedStage
+from pipeline.lineage import DatasetRef, Tracker
+from pipeline.store import Store
+
+VERSION = "0.1.0"
+
+
+@dataclass
+class StageOutcome:
+    name: str
+    status: str  # done | cached | failed | killed | not run
+    seconds: float = 0.0
+    fingerprint: str = ""
+    run_id: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    outcomes: list[StageOutcome]
+    exit_code: int
+
+
+def git_commit() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def check_workdir(workdir: Path) -> None:
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=workdir):
+            pass
+    except OSError as exc:
+        raise UsageError(f"work dir {workdir} is not writable ({exc.strerror}); set run.workdir") from None
+
+
+def worker_env(workdir: Path) -> dict[str, str]:
+    """Caches that libraries would otherwise put in $HOME live under the work dir."""
+    cache = workdir / "cache"
+    return {
+        "HF_HOME": str(cache / "huggingface"),
+        "TLDEXTRACT_CACHE": str(cache / "tldextract"),
+    }
+
+
+def dataset_ref(store: Store, item: PlannedStage) -> DatasetRef:
+    return DatasetRef(name=item.name, digest=item.fingerprint, source=str(store.entry(item.name, item.fingerprint)))
+
+
+class Runner:
+    def __init__(self, plan: Plan, command: list[str], console: Console | None = None):
+        self.plan = plan
+        self.config = plan.config
+        self.command = command
+        self.console = console or Console(stderr=True, highlight=False)
+        self.workdir = self.config.run.workdir
+        self.store = Store(self.workdir / "store")
+        self.uri = self.config.run.tracking
+
+    # -- set-up -------------------------------------------------------------------
+    def _prepare(self) -> tuple[str, Tracker]:
+        check_workdir(self.workdir)
+        lineage.check_tracking(self.uri)
+        env = worker_env(self.workdir)
+        os.environ.update(env)
+        cluster = self.config.cluster
+        address = runtime.start(
+            self.workdir, cluster.address, cluster.num_cpus, cluster.num_gpus, cluster.dashboard, env=env
+        )
+        for item in self.plan.selected:
+            if item.status == "run":
+                runtime.check_resources(item.name, item.resources.total_cpus, item.resources.total_gpus)
+        experiment = lineage.experiment_id(self.uri, self.config.run.name, self.workdir / "mlartifacts")
+        parent = lineage.start_run(
+            self.uri,
+            experiment,
+            run_name=f"{self.config.run.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            tags={
+                "z2h.kind": "pipeline",
+                "z2h.config": self.config.run.name,
+                "z2h.config_files": ",".join(self.config.sources),
+                "z2h.git_commit": git_commit(),
+                "z2h.version": VERSION,
+                "z2h.command": shlex.join(self.command),
+                "z2h.stages": ",".join(s.name for s in self.plan.selected),
+            },
+        )
+        parent.log_params({"run": self.config.to_dict()["run"], "cluster": self.config.to_dict()["cluster"]})
+        parent.log_text(self.config.to_yaml(), "config.yaml")
+        return address or "", parent
+
+    def _stage_run(self, parent: Tracker, item: PlannedStage, extra_tags: dict[str, str]) -> Tracker:
+        tags = {
+            "z2h.kind": "stage",
+            "z2h.stage": item.name,
+            "z2h.fingerprint": item.fingerprint,
+            **{f"z2h.upstream.{need}": self.plan[need].fingerprint for need in item.needs},
+            **extra_tags,
+        }
+        tracker = lineage.start_run(self.uri, parent.experiment_id, item.name, tags, parent_run_id=parent.run_id)
+        tracker.log_params(item.config.model_dump(mode="json"))
+        tracker.log_datasets([dataset_ref(self.store, self.plan[n]) for n in item.needs], context="input")
+        return tracker
+
+    # -- execution ----------------------------------------------------------------
+    def run(self) -> RunResult:
+        address, parent = self._prepare()
+        self.console.print(f"[bold]z2h[/] {self.config.run.name}: MLflow run {parent.run_id} ({self.uri})")
+        outcomes: list[StageOutcome] = []
+        status = "FINISHED"
+        failed = False
+        try:
+            for item in self.plan.selected:
+                if failed:
+                    outcomes.append(StageOutcome(item.name, "not run", fingerprint=item.fingerprint))
+                    continue
+                if item.status == "cached":
+                    outcomes.append(self._reuse(parent, item))
+                    continue
+                outcome = self._execute(parent, item, address)
+                outcomes.append(outcome)
+                failed = outcome.status == "failed"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            self.console.print("[yellow]interrupted: Ray work cancelled, runs marked KILLED, no store entry kept[/]")
+            outcomes.append(StageOutcome("(interrupted)", "killed"))
+        finally:
+            if failed:
+                status = "FAILED"
+            lineage.end_run(parent, status)
+            runtime.stop()
+        exit_code = {"FINISHED": 0, "FAILED": 1, "KILLED": 130}[status]
+        return RunResult(parent.run_id, outcomes, exit_code)
+
+    def _reuse(self, parent: Tracker, item: PlannedStage) -> StageOutcome:
+        manifest = item.lookup.manifest
+        assert manifest is not None
+        tracker = self._stage_run(
+            parent, item, {"z2h.cache": "hit", "z2h.producer_run_id": manifest.run_id or "unknown"}
+        )
+        tracker.log_datasets([dataset_ref(self.store, item)], context="output")
+        tracker.log_metrics(manifest.metrics)
+        lineage.end_run(tracker, "FINISHED")
+        self.console.print(f"  [cyan]cached[/]  {item.name:<10} {item.fingerprint}  (run {manifest.run_id})")
+        return StageOutcome(item.name, "cached", 0.0, item.fingerprint, tracker.run_id, manifest.metrics)
+
+    def _execute(self, parent: Tracker, item: PlannedStage, address: str) -> StageOutcome:
+        import ray
+
+        tracker = self._stage_run(parent, item, {"z2h.cache": "miss"})
+        staging = self.store.staging(item.name, item.fingerprint)
+        log_file = self.workdir / "logs" / parent.run_id / f"{item.name}.log"
+        job = StageJob(
+            stage=item.stage,
+            config=item.config,
+            pipeline_config=self.config,
+            fingerprint=item.fingerprint,
+            upstream={n: self.store.entry(n, self.plan[n].fingerprint) for n in item.needs},
+            upstream_fingerprints={n: self.plan[n].fingerprint for n in item.needs},
+            store_root=self.store.root,
+            staging=staging,
+            workdir=self.workdir,
+            log_file=log_file,
+            tracker=tracker,
+            replace=item.forced,
+            ray_address=address or None,
+        )
+        res = item.resources
+        own = {"num_cpus": res.cpus, "num_gpus": res.gpus} if res.workers == 1 else {"num_cpus": 0}
+        task = ray.remote(max_retries=0, **own)(execute)
+        self.console.print(f"  [blue]running[/] {item.name:<10} {item.fingerprint}  {res.describe()}")
+        started = time.time()
+        ref = task.remote(job)
+        try:
+            manifest = self._wait(ref)
+        except KeyboardInterrupt:
+            ray.cancel(ref, force=True)
+            self.store.discard(staging)
+            self._upload_log(tracker, log_file)
+            lineage.end_run(tracker, "KILLED")
+            raise
+        except Exception as exc:
+            self.store.discard(staging)
+            self._upload_log(tracker, log_file)
+            lineage.end_run(tracker, "FAILED")
+            reason = _one_line(exc)
+            self.console.print(f"  [red]failed[/]  {item.name:<10} {time.time() - started:7.1f}s  {reason}")
+            self.console.print(f"          full log: {log_file}")
+            return StageOutcome(item.name, "failed", time.time() - started, item.fingerprint, tracker.run_id, {}, reason)
+        tracker.log_datasets([dataset_ref(self.store, item)], context="output")
+        tracker.log_metrics({**manifest.metrics, "store_bytes": manifest.total_bytes})
+        self._upload_log(tracker, log_file)
+        lineage.end_run(tracker, "FINISHED")
+        seconds = time.time() - started
+        self.console.print(f"  [green]done[/]    {item.name:<10} {seconds:7.1f}s")
+        return StageOutcome(item.name, "done", seconds, item.fingerprint, tracker.run_id, manifest.metrics)
+
+    def _wait(self, ref):
+        import ray
+
+        while True:
+            ready, _ = ray.wait([ref], timeout=0.5)
+            if ready:
+                return ray.get(ref)
+
+    @staticmethod
+    def _upload_log(tracker: Tracker, log_file: Path) -> None:
+        if log_file.exists():
+            tracker.log_artifact(log_file, "logs")
+
+
+def _one_line(exc: BaseException) -> str:
+    """The innermost error of a (Ray-wrapped) stage failure, as one line."""
+    cause = getattr(exc, "cause", None)
+    inner = cause if isinstance(cause, BaseException) else exc
+    text = str(inner).strip().splitlines()
+    message = text[-1] if text else ""
+    return f"{type(inner).__name__}: {message}" if message else type(inner).__name__
+
+
+def run(plan: Plan, command: list[str] | None = None, console: Console | None = None) -> RunResult:
+    if not plan.selected:
+        raise UsageError("nothing selected to run")
+    return Runner(plan, command or sys.argv, console).run()
+

@@ -1,0 +1,159 @@
+"""Content-addressed store: `<root>/<stage>/<fingerprint>/` plus `manifest.json`.
+
+A stage writes into a staging folder next to its final place; the manifest is written
+last and the folder is renamed into place in one atomic step. No manifest means not
+done: an interrupted stage never leaves an entry that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+_STAGING_PREFIX = ".staging-"
+
+
+@dataclass
+class FileEntry:
+    path: str  # relative to the entry folder, '/'-separated
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    stage: str
+    fingerprint: str
+    files: list[FileEntry]
+    metrics: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    run_id: str | None = None  # the MLflow run that produced this entry
+    upstream: dict[str, str] = field(default_factory=dict)  # stage -> fingerprint
+    created: float = field(default_factory=time.time)
+    seconds: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        raw = json.loads(text)
+        raw["files"] = [FileEntry(**f) for f in raw["files"]]
+        return cls(**raw)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.bytes for f in self.files)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def scan_files(folder: Path) -> list[FileEntry]:
+    entries = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel == MANIFEST:
+            continue
+        entries.append(FileEntry(rel, path.stat().st_size, sha256_file(path)))
+    return entries
+
+
+@dataclass
+class Lookup:
+    """Result of looking for an entry: a manifest, or why there is none."""
+
+    manifest: Manifest | None
+    reason: str = ""  # why it is a miss ("" on a hit or when never built)
+
+    @property
+    def hit(self) -> bool:
+        return self.manifest is not None
+
+
+class Store:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def entry(self, stage: str, fingerprint: str) -> Path:
+        return self.root / stage / fingerprint
+
+    def lookup(self, stage: str, fingerprint: str, *, checksums: bool = False) -> Lookup:
+        """Find a committed entry and verify it: every listed file present with its size
+        (and its sha256 when `checksums`). A failed check is a miss with a reason."""
+        folder = self.entry(stage, fingerprint)
+        manifest_path = folder / MANIFEST
+        if not manifest_path.exists():
+            return Lookup(None)
+        try:
+            manifest = Manifest.from_json(manifest_path.read_text())
+        except (ValueError, TypeError, KeyError) as exc:
+            return Lookup(None, f"unreadable manifest {manifest_path}: {exc}")
+        if manifest.fingerprint != fingerprint or manifest.stage != stage:
+            return Lookup(None, f"manifest {manifest_path} names {manifest.stage}/{manifest.fingerprint}")
+        for item in manifest.files:
+            path = folder / item.path
+            if not path.is_file():
+                return Lookup(None, f"{path} is listed in the manifest but missing")
+            if path.stat().st_size != item.bytes:
+                return Lookup(None, f"{path} has {path.stat().st_size} bytes, manifest says {item.bytes}")
+            if checksums and sha256_file(path) != item.sha256:
+                return Lookup(None, f"{path} does not match its sha256 in the manifest")
+        return Lookup(manifest)
+
+    def staging(self, stage: str, fingerprint: str) -> Path:
+        """A fresh private folder to write an entry into; committed with `commit`."""
+        folder = self.root / stage / f"{_STAGING_PREFIX}{fingerprint}-{uuid.uuid4().hex[:8]}"
+        folder.mkdir(parents=True)
+        return folder
+
+    def commit(self, staging: Path, manifest: Manifest, *, replace: bool = False) -> Path:
+        """Write the manifest last, then rename the staging folder into place.
+
+        If another run committed the same fingerprint meanwhile, theirs stays (same
+        inputs, same outputs) unless `replace` (a forced rebuild) asks to swap it.
+        """
+        manifest.files = scan_files(staging)
+        manifest.counts.update(files=len(manifest.files), bytes=manifest.total_bytes)
+        tmp = staging / f"{MANIFEST}.tmp"
+        tmp.write_text(manifest.to_json())
+        os.replace(tmp, staging / MANIFEST)
+        final = self.entry(manifest.stage, manifest.fingerprint)
+        try:
+            os.rename(staging, final)
+        except OSError:
+            if not replace and self.lookup(manifest.stage, manifest.fingerprint).hit:
+                self.discard(staging)
+                return final
+            # Occupied by an entry to replace, or by debris without a manifest: move it
+            # aside first so readers never see a half-swapped folder.
+            aside = final.with_name(f"{_STAGING_PREFIX}{final.name}-old-{uuid.uuid4().hex[:8]}")
+            os.rename(final, aside)
+            os.rename(staging, final)
+            shutil.rmtree(aside, ignore_errors=True)
+        return final
+
+    def discard(self, staging: Path) -> None:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    def scratch(self, stage: str, fingerprint: str) -> Path:
+        """Per-fingerprint folder that survives crashes (checkpoints, task markers)."""
+        folder = self.root.parent / "scratch" / stage / fingerprint
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def clean_scratch(self, stage: str, fingerprint: str) -> None:
+        shutil.rmtree(self.root.parent / "scratch" / stage / fingerprint, ignore_errors=True)
