@@ -131,7 +131,7 @@ def cmd_run(args: argparse.Namespace, stages: dict, console: Console) -> int:
     from pipeline import runner
 
     plan = _plan(args, stages)
-    result = runner.run(plan, command=["z2h", *sys.argv[1:]], console=console)
+    result = runner.run(plan, command=["z2h", *args.argv], console=console)
     reports.print_summary(result, plan, console)
     return result.exit_code
 
@@ -170,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stages = registry.stages()
         parser = build_parser(stages)
+        argv = sys.argv[1:] if argv is None else list(argv)
         args = parser.parse_args(argv)
+        args.argv = argv
         if args.command is None:
             parser.print_help()
             return 2

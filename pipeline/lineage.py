@@ -16,6 +16,7 @@ import logging
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,15 +116,15 @@ class Tracker:
 
     # -- datasets -----------------------------------------------------------------
     def log_datasets(self, refs: Iterable[DatasetRef], context: str) -> None:
-        from mlflow.data.artifact_dataset_sources import LocalArtifactDatasetSource
         from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.entities import DatasetInput, InputTag
 
         inputs = []
         for ref in refs:
-            local = "://" not in ref.source
-            source = LocalArtifactDatasetSource(ref.source) if local else resolve_dataset_source(ref.source)
+            with warnings.catch_warnings():  # a local path matches two equivalent source kinds
+                warnings.simplefilter("ignore", UserWarning)
+                source = resolve_dataset_source(ref.source)
             dataset = MetaDataset(source=source, name=ref.name, digest=ref.digest)
             inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(DATASET_CONTEXT, context)]))
         if inputs:

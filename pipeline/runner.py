@@ -151,6 +151,9 @@ class Runner:
             status = "KILLED"
             self.console.print("[yellow]interrupted: Ray work cancelled, runs marked KILLED, no store entry kept[/]")
             outcomes.append(StageOutcome("(interrupted)", "killed"))
+        except BaseException:
+            failed = True
+            raise
         finally:
             if failed:
                 status = "FAILED"

