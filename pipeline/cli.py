@@ -32,21 +32,44 @@ EPILOG = """examples:
 
 def _config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument("config", nargs="?", help="pipeline YAML (e.g. configs/tiny.yaml)")
-    parser.add_argument("-c", "--config-file", action="append", default=[], metavar="FILE",
-                        help="more YAML merged on top, in order (repeatable)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                        help="override one value, e.g. --set stages.pretrain.lr=3e-4 (repeatable; YAML values)")
+    parser.add_argument(
+        "-c",
+        "--config-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="more YAML merged on top, in order (repeatable)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override one value, e.g. --set stages.pretrain.lr=3e-4 (repeatable; YAML values)",
+    )
 
 
 def _selection_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--stage", action="append", default=[], metavar="NAME",
-                        help="run only this stage (repeatable); its upstreams must be in the store")
+    parser.add_argument(
+        "--stage",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run only this stage (repeatable); its upstreams must be in the store",
+    )
     parser.add_argument("--from", dest="from_stage", metavar="NAME", help="run this stage and everything downstream")
     parser.add_argument("--until", dest="until_stage", metavar="NAME", help="run this stage and everything upstream")
-    parser.add_argument("--force", action="append", default=[], metavar="NAME",
-                        help="rebuild this stage even if the store has it (repeatable)")
-    parser.add_argument("--with-deps", action="store_true",
-                        help="also run upstreams of the selection that the store lacks")
+    parser.add_argument(
+        "--force",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="rebuild this stage even if the store has it (repeatable)",
+    )
+    parser.add_argument(
+        "--with-deps", action="store_true", help="also run upstreams of the selection that the store lacks"
+    )
 
 
 def build_parser(stages: dict) -> argparse.ArgumentParser:
@@ -121,8 +144,14 @@ def cmd_plan(args: argparse.Namespace, stages: dict, console: Console) -> int:
         if item.forced:
             note = "forced"
         status = item.status
-        table.add_row(item.name, ",".join(item.needs) or "-", item.fingerprint,
-                      f"[{colours[status]}]{status}[/]", item.resources.describe(), note)
+        table.add_row(
+            item.name,
+            ",".join(item.needs) or "-",
+            item.fingerprint,
+            f"[{colours[status]}]{status}[/]",
+            item.resources.describe(),
+            note,
+        )
     Console().print(table)
     return 0
 
@@ -154,8 +183,18 @@ def cmd_ui(args: argparse.Namespace, stages: dict, console: Console) -> int:
     uri, _ = _tracking_uri(args, stages)
     url = f"http://127.0.0.1:{args.port}"
     console.print(f"MLflow UI for {uri} at {url}  (Ctrl-C stops it)")
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-               "--host", "127.0.0.1", "--port", str(args.port)]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(args.port),
+    ]
     try:
         return subprocess.call(command)
     except KeyboardInterrupt:

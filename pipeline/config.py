@@ -112,7 +112,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UsageError(f"config {path}: top level must be a mapping with run/cluster/stages, got {type(data).__name__}")
+        kind = type(data).__name__
+        raise UsageError(f"config {path}: top level must be a mapping with run/cluster/stages, got {kind}")
     return data
 
 

@@ -5,4 +5,3 @@ class UsageError(Exception):
     """Bad command line, config, or environment: exit 2, nothing written to the store."""
 
     exit_code = 2
-

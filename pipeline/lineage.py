@@ -147,10 +147,7 @@ class Tracker:
         a model input of this run, so the chain base -> sft -> rl is walkable."""
         from mlflow.entities import LoggedModelInput, LoggedModelOutput
 
-        if self.experiment_id:
-            experiment_id = self.experiment_id
-        else:
-            experiment_id = self.client.get_run(self.run_id).info.experiment_id
+        experiment_id = self.experiment_id or self.client.get_run(self.run_id).info.experiment_id
         model = self.client.create_logged_model(
             experiment_id,
             name=name,
@@ -179,7 +176,8 @@ def check_tracking(uri: str) -> None:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as response:
                 response.read()
         except Exception as exc:
-            raise UsageError(f"tracking server {uri} is unreachable ({exc}); start it or fix run.tracking_uri") from None
+            hint = "start it or fix run.tracking_uri"
+            raise UsageError(f"tracking server {uri} is unreachable ({exc}); {hint}") from None
     elif uri.startswith("sqlite:///"):
         folder = Path(uri.removeprefix("sqlite:///")).parent
         try:

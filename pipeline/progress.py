@@ -26,7 +26,9 @@ class Progress:
         self.prefix = prefix
         self.enabled = enabled
 
-    def bar(self, iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", unit: str = "it") -> Any:
+    def bar(
+        self, iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", unit: str = "it"
+    ) -> Any:
         label = f"{self.prefix}: {desc}" if self.prefix and desc else (desc or self.prefix)
         if self.enabled and _in_ray_worker():
             from ray.experimental import tqdm_ray

@@ -23,8 +23,9 @@ def print_summary(result, plan, console: Console) -> None:
     for outcome in result.outcomes:
         colour = STATUS_COLOURS.get(outcome.status, "white")
         detail = outcome.error or key_metrics(outcome.metrics)
-        table.add_row(outcome.name, f"[{colour}]{outcome.status}[/]", f"{outcome.seconds:.1f}",
-                      outcome.fingerprint, detail)
+        table.add_row(
+            outcome.name, f"[{colour}]{outcome.status}[/]", f"{outcome.seconds:.1f}", outcome.fingerprint, detail
+        )
     console.print(table)
 
 
@@ -43,8 +44,9 @@ def print_runs(uri: str, experiment: str | None, limit: int, console: Console) -
     if not ids:
         console.print(f"no pipeline runs in {uri}")
         return
-    parents = client.search_runs(ids, "tags.`z2h.kind` = 'pipeline'", max_results=limit,
-                                 order_by=["attributes.start_time DESC"])
+    parents = client.search_runs(
+        ids, "tags.`z2h.kind` = 'pipeline'", max_results=limit, order_by=["attributes.start_time DESC"]
+    )
     if not parents:
         console.print(f"no pipeline runs in {uri}")
         return
@@ -53,16 +55,23 @@ def print_runs(uri: str, experiment: str | None, limit: int, console: Console) -
         table.add_column(column)
     for parent in parents:
         children = client.search_runs(
-            [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+            [parent.info.experiment_id],
+            f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
             order_by=["attributes.start_time ASC"],
         )
         lines = []
         for child in children:
             hit = child.data.tags.get("z2h.cache") == "hit"
             status = "cached" if hit else child.info.status.lower()
-            lines.append(f"{child.info.run_name:<10} {status:<8} {_duration(child.info):>8}  "
-                         f"{key_metrics(child.data.metrics)}")
+            lines.append(
+                f"{child.info.run_name:<10} {status:<8} {_duration(child.info):>8}  {key_metrics(child.data.metrics)}"
+            )
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(parent.info.start_time / 1000))
-        table.add_row(f"{parent.info.run_name}\n{parent.info.run_id}", started, parent.info.status,
-                      _duration(parent.info), "\n".join(lines) or "-")
+        table.add_row(
+            f"{parent.info.run_name}\n{parent.info.run_id}",
+            started,
+            parent.info.status,
+            _duration(parent.info),
+            "\n".join(lines) or "-",
+        )
     console.print(table)

@@ -216,7 +216,8 @@ class Runner:
             reason = _one_line(exc)
             self.console.print(f"  [red]failed[/]  {item.name:<10} {time.time() - started:7.1f}s  {reason}")
             self.console.print(f"          full log: {log_file}")
-            return StageOutcome(item.name, "failed", time.time() - started, item.fingerprint, tracker.run_id, {}, reason)
+            seconds = time.time() - started
+            return StageOutcome(item.name, "failed", seconds, item.fingerprint, tracker.run_id, {}, reason)
         tracker.log_datasets([dataset_ref(self.store, item)], context="output")
         tracker.log_metrics({**manifest.metrics, "store_bytes": manifest.total_bytes})
         self._upload_log(tracker, log_file)
@@ -252,4 +253,3 @@ def run(plan: Plan, command: list[str] | None = None, console: Console | None = 
     if not plan.selected:
         raise UsageError("nothing selected to run")
     return Runner(plan, command or sys.argv, console).run()
-

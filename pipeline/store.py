@@ -15,7 +15,6 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 MANIFEST = "manifest.json"
 _STAGING_PREFIX = ".staging-"

@@ -32,7 +32,7 @@ def toy_config(tmp_path: Path) -> Path:
         f"""
 run:
   name: toy
-  workdir: {tmp_path / 'work'}
+  workdir: {tmp_path / "work"}
   seed: 7
 cluster:
   num_cpus: 2

@@ -56,7 +56,8 @@ def test_missing_upstream_section_is_an_error(toy_registry, tmp_path):
 
 def test_overrides_parse_yaml_values_and_nest(toy_registry, toy_config):
     config = config_io.load(
-        [toy_config], ["stages.words.count=12", "run.tracking_uri=http://127.0.0.1:5000", "stages.count.fail=true"],
+        [toy_config],
+        ["stages.words.count=12", "run.tracking_uri=http://127.0.0.1:5000", "stages.count.fail=true"],
         toy_registry,
     )
     assert config.stages["words"].count == 12

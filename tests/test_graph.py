@@ -8,10 +8,10 @@ from pipeline.errors import UsageError
 from pipeline.store import Manifest, Store
 
 
-def plan_for(toy_registry, toy_config, overrides=(), selection=graph.Selection(), store=None):
+def plan_for(toy_registry, toy_config, overrides=(), selection=None, store=None):
     config = config_io.load([toy_config], list(overrides), toy_registry)
     store = store or Store(config.run.workdir / "store")
-    return graph.build_plan(config, toy_registry, store, selection)
+    return graph.build_plan(config, toy_registry, store, selection or graph.Selection())
 
 
 def fingerprints(plan) -> dict[str, str]:

@@ -33,8 +33,12 @@ def stage_runs(client: MlflowClient, parent_id: str) -> dict[str, object]:
 
 def latest_parent(client: MlflowClient, config) -> str:
     experiment = client.get_experiment_by_name(config.run.name)
-    runs = client.search_runs([experiment.experiment_id], "tags.`z2h.kind` = 'pipeline'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        "tags.`z2h.kind` = 'pipeline'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     return runs[0].info.run_id
 
 
@@ -58,13 +62,21 @@ def first_run(tmp_path_factory):
         registry.register(stage)
     tmp = tmp_path_factory.mktemp("pipeline")
     path = tmp / "toy.yaml"
-    path.write_text(f"run: {{name: toy, workdir: {tmp / 'work'}, seed: 7}}\ncluster: {{num_cpus: 2}}\n"
-                    "stages:\n  words: {count: 300}\n  count: {top: 3}\n  model: {dim: 4, heads: 2}\n")
+    path.write_text(
+        f"run: {{name: toy, workdir: {tmp / 'work'}, seed: 7}}\ncluster: {{num_cpus: 2}}\n"
+        "stages:\n  words: {count: 300}\n  count: {top: 3}\n  model: {dim: 4, heads: 2}\n"
+    )
     code = cli.main(["run", str(path)])
     reg = {s.name: s for s in toy_stages.ALL}
     client, config = client_for(path, reg)
-    yield {"code": code, "path": path, "client": client, "config": config, "registry": reg,
-           "parent": latest_parent(client, config)}
+    yield {
+        "code": code,
+        "path": path,
+        "client": client,
+        "config": config,
+        "registry": reg,
+        "parent": latest_parent(client, config),
+    }
     for stage in toy_stages.ALL:
         registry.unregister(stage.name)
 
@@ -187,9 +199,21 @@ def test_ctrl_c_cancels_and_marks_runs_killed(first_run):
         "sys.exit(cli.main(sys.argv[2:]))"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", script, str(TESTS), "run", str(first_run["path"]),
-         "--set", "stages.count.sleep=60", "--set", "stages.count.top=9"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-c",
+            script,
+            str(TESTS),
+            "run",
+            str(first_run["path"]),
+            "--set",
+            "stages.count.sleep=60",
+            "--set",
+            "stages.count.top=9",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     deadline = time.time() + 90
     seen = ""

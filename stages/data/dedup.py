@@ -20,6 +20,8 @@ from datatrove.pipeline.dedup.minhash import MinhashConfig as DtMinhashConfig
 from stages.data.config import MinhashConfig
 from stages.data.funnel import Tally
 
+DEDUP_BLOCK = "dedup"
+
 
 def dt_config(cfg: MinhashConfig) -> DtMinhashConfig:
     return DtMinhashConfig(
@@ -92,7 +94,6 @@ def dedup_filter(
     exact_set = set(exact.tolist()) if exact is not None else set()
     for idx, doc in enumerate(data):
         if idx in remove:
-            block = "exact_dedup" if idx in exact_set else "minhash_dedup"
-            tally.remove_doc(block, "duplicate", doc)
+            tally.remove_doc(DEDUP_BLOCK, "exact_duplicate" if idx in exact_set else "near_duplicate", doc)
             continue
         yield doc

@@ -1,0 +1,135 @@
+"""The stage's four phases as task functions, each idempotent behind a completion marker.
+
+A task writes its outputs under fixed, rank-named paths in the scratch folder and its
+marker (its tally, as JSON) last, via an atomic rename. A rerun skips tasks with a
+marker and overwrites whatever a killed task left behind, so output is never duplicated.
+
+  1. filter   per input shard: read → FineWeb filters → filtered shard + MinHash signatures
+  2. buckets  per MinHash bucket: find duplicate pairs (datatrove MinHash stage 2)
+  3. cluster  once: exact-duplicate pairs + union-find over all pairs (datatrove stage 3)
+  4. final    per shard: drop all but one document per cluster → output shard
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stages.data.config import DataConfig
+from stages.data.dedup import DEDUP_BLOCK, cluster_counts, dedup_filter, dt_config, exact_pairs, text_hashes
+from stages.data.funnel import Tally, meter
+from stages.data.readers import Shard, open_source
+
+HTML_KINDS = ("samples", "warc")
+
+
+def _marker(scratch: Path, phase: str, rank: int) -> Path:
+    return scratch / "markers" / phase / f"{rank:05d}.json"
+
+
+def _done(marker: Path) -> dict[str, Any] | None:
+    return json.loads(marker.read_text()) if marker.exists() else None
+
+
+def _commit(marker: Path, result: dict[str, Any]) -> dict[str, Any]:
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    tmp = marker.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, marker)
+    return {**result, "fresh": True}
+
+
+def _result(tally: Tally) -> dict[str, Any]:
+    return {"tally": tally.to_dict(), "samples": tally.samples}
+
+
+def filter_shard(shard: Shard, cfg: DataConfig, scratch: Path, world: int) -> dict[str, Any]:
+    from datatrove.pipeline.dedup import MinhashDedupSignature
+    from datatrove.pipeline.writers import JsonlWriter
+
+    from stages.data.recipe import filter_blocks
+
+    marker = _marker(scratch, "filter", shard.rank)
+    if (done := _done(marker)) is not None:
+        return done
+    rank = shard.rank
+    tally = Tally(sample_cap=cfg.removed_samples)
+    data = open_source(shard, tally, cfg.max_page_bytes)
+    for name, step in filter_blocks(cfg, tally, html=shard.source.kind in HTML_KINDS):
+        tally.block(name)
+        data = meter(step(meter(data, tally, f"{name}.in"), rank, world), tally, f"{name}.out")
+    data = JsonlWriter(str(scratch / "filtered"), output_filename=f"{rank:05d}.jsonl.gz")(data, rank, world)
+    if cfg.exact_dedup.enabled:
+        data = text_hashes(data, scratch / "exact" / "hashes" / f"{rank:05d}.npy")
+    if cfg.minhash.enabled:
+        MinhashDedupSignature(str(scratch / "minhash" / "sigs"), config=dt_config(cfg.minhash)).run(data, rank, world)
+    else:
+        deque(data, maxlen=0)
+    if "extraction" in tally.blocks:
+        tally.reconcile("extraction", "no_text")
+    return _commit(marker, _result(tally))
+
+
+def find_bucket_pairs(bucket: int, cfg: DataConfig, scratch: Path) -> dict[str, Any]:
+    from datatrove.pipeline.dedup import MinhashDedupBuckets
+
+    marker = _marker(scratch, "buckets", bucket)
+    if (done := _done(marker)) is not None:
+        return done
+    config = dt_config(cfg.minhash)
+    step = MinhashDedupBuckets(str(scratch / "minhash" / "sigs"), str(scratch / "minhash" / "dups"), config=config)
+    step.run(None, bucket, config.num_buckets)
+    return _commit(marker, {"bucket": bucket})
+
+
+def cluster(cfg: DataConfig, scratch: Path, world: int) -> dict[str, Any]:
+    from datatrove.pipeline.dedup import MinhashDedupCluster
+
+    marker = _marker(scratch, "cluster", 0)
+    if (done := _done(marker)) is not None:
+        return done
+    config = dt_config(cfg.minhash)
+    dups = scratch / "minhash" / "dups"
+    dups.mkdir(parents=True, exist_ok=True)
+    if cfg.exact_dedup.enabled:
+        exact = exact_pairs(scratch / "exact" / "hashes", world, dups, config.num_buckets)
+        for rank, indices in exact.items():
+            np.save(scratch / "exact" / f"{rank:05d}.dup.npy", indices)
+    step = MinhashDedupCluster(str(dups), str(scratch / "minhash" / "remove"), config=config, save_cluster_id=True)
+    step.run(None, 0, 1)
+    return _commit(marker, {"clusters": cluster_counts(scratch / "minhash" / "remove")})
+
+
+def _output_record(writer, doc) -> dict[str, Any]:
+    meta = dict(doc.metadata)
+    fields = {key: meta.pop(key, None) for key in ("url", "language", "language_score", "source")}
+    meta.pop("minhash_cluster_id", None)
+    return {"id": doc.id, "text": doc.text, **fields, "metadata": meta}
+
+
+def finalize_shard(rank: int, cfg: DataConfig, scratch: Path, world: int, dedup: bool) -> dict[str, Any]:
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+
+    marker = _marker(scratch, "final", rank)
+    if (done := _done(marker)) is not None:
+        return done
+    tally = Tally(sample_cap=cfg.removed_samples)
+    name = f"{rank:05d}.jsonl.gz"
+    filtered = scratch / "filtered"
+    data = JsonlReader(str(filtered)).read_file(name) if (filtered / name).exists() else iter(())
+    if dedup:
+        exact_file = scratch / "exact" / f"{rank:05d}.dup.npy"
+        exact = np.load(exact_file) if exact_file.exists() else None
+        remove = scratch / "minhash" / "remove" / f"{rank:06d}.remove"
+        tally.block(DEDUP_BLOCK)
+        data = dedup_filter(meter(data, tally, f"{DEDUP_BLOCK}.in"), tally, remove, exact)
+        data = meter(data, tally, f"{DEDUP_BLOCK}.out")
+    writer = JsonlWriter(str(scratch / "final"), output_filename=name, adapter=_output_record)
+    deque(writer(data, rank, world), maxlen=0)
+    return _commit(marker, _result(tally))
