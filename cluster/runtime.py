@@ -65,6 +65,9 @@ def start(
             )
     except ConnectionError as exc:
         raise UsageError(f"cannot connect to the Ray cluster at {target}: {exc}") from None
+    except Exception as exc:  # raylet/GCS failed to come up: say so in one line
+        where = target or f"embedded (session files in {ray_temp_dir(workdir)})"
+        raise UsageError(f"cannot start Ray ({where}): {str(exc).strip().splitlines()[0]}") from None
     return target
 
 

@@ -152,7 +152,7 @@ def cmd_plan(args: argparse.Namespace, stages: dict, console: Console) -> int:
             item.resources.describe(),
             note,
         )
-    Console().print(table)
+    stdout_console().print(table)
     return 0
 
 
@@ -165,6 +165,11 @@ def cmd_run(args: argparse.Namespace, stages: dict, console: Console) -> int:
     return result.exit_code
 
 
+def stdout_console() -> Console:
+    """Tables for stdout; when piped, wide enough that run ids and paths stay on one line."""
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
 def _tracking_uri(args: argparse.Namespace, stages: dict) -> tuple[str, str | None]:
     if args.config or args.config_file:
         config = _load(args, stages)
@@ -175,7 +180,7 @@ def _tracking_uri(args: argparse.Namespace, stages: dict) -> tuple[str, str | No
 
 def cmd_runs(args: argparse.Namespace, stages: dict, console: Console) -> int:
     uri, name = _tracking_uri(args, stages)
-    reports.print_runs(uri, name, args.limit, Console())
+    reports.print_runs(uri, name, args.limit, stdout_console())
     return 0
 
 

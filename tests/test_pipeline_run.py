@@ -189,7 +189,9 @@ def test_plan_prints_fingerprints_and_status(first_run, capsys):
 def test_runs_lists_pipeline_runs(first_run, capsys):
     assert cli.main(["runs", str(first_run["path"]), "-n", "2"]) == 0
     out = capsys.readouterr().out
-    assert "pipeline runs in sqlite" in out and "cached" in out
+    latest = latest_parent(first_run["client"], first_run["config"])
+    assert f"pipeline runs in {first_run['config'].run.tracking}" in out
+    assert latest in out and "cached" in out
 
 
 def test_ctrl_c_cancels_and_marks_runs_killed(first_run):

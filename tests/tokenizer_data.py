@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
-
 from pydoc_data.topics import topics
 
 
@@ -19,8 +18,16 @@ def write_documents(data_dir: Path, texts: list[str], per_file: int = 100, extra
     folder = data_dir / "documents"
     folder.mkdir(parents=True, exist_ok=True)
     lines = [
-        json.dumps({"id": f"doc-{i}", "text": text, "url": f"https://docs.python.org/{i}", "language": "en",
-                    "language_score": 0.99, "source": "pydoc_data"})
+        json.dumps(
+            {
+                "id": f"doc-{i}",
+                "text": text,
+                "url": f"https://docs.python.org/{i}",
+                "language": "en",
+                "language_score": 0.99,
+                "source": "pydoc_data",
+            }
+        )
         for i, text in enumerate(texts)
     ] + list(extra_lines)
     for start in range(0, max(len(lines), 1), per_file):

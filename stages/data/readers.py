@@ -9,6 +9,7 @@ named reason in the task's `Tally` and the task moves on.
 from __future__ import annotations
 
 import gzip
+import json
 import re
 import zlib
 from collections.abc import Iterator
@@ -27,7 +28,30 @@ BLOCK = "read"
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 _HTML_SNIFF = re.compile(rb"<(!doctype html|html|head|body|title|p|div|meta)[\s>/]", re.I)
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset=["']?([A-Za-z0-9_:.-]+)""", re.I)
-_TRUNCATION = (EOFError, zlib.error, gzip.BadGzipFile)
+
+
+class TruncatedInput(Exception):
+    """A compressed file ends in the middle of a member."""
+
+
+class _MemberSafe:
+    """Hands warcio at most one decompressed chunk per read.
+
+    A plain `GzipFile.read(n)` gathers several chunks and, when a later one fails (junk after a
+    member, a cut), raises and loses the chunks it already had: records before the damage vanish.
+    """
+
+    def __init__(self, gz: gzip.GzipFile):
+        self.gz = gz
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self.gz.read1(size if size and size > 0 else -1)
+        except (EOFError, zlib.error) as exc:  # warcio reads EOFError as a clean end: make the cut visible
+            raise TruncatedInput(str(exc)) from exc
+
+    def close(self) -> None:
+        self.gz.close()
 
 
 @dataclass(frozen=True)
@@ -86,7 +110,7 @@ class WarcSource:
 
     def _drop(self, reason: str, url: str | None, path: str, text: str = "") -> None:
         self.tally.count(f"{BLOCK}.in", 0)
-        self.tally.remove(BLOCK, reason, {"url": url, "file": path, "text": text})
+        self.tally.remove(BLOCK, reason, {"url": url, "file": PurePosixPath(path).name, "text": text})
 
     def _read_file(self, path: str) -> Iterator[Document]:
         from warcio.archiveiterator import ArchiveIterator
@@ -98,7 +122,7 @@ class WarcSource:
             self._drop("unreadable_path", None, path, repr(exc))
             return
         with raw:
-            stream = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
+            stream = _MemberSafe(gzip.GzipFile(fileobj=raw)) if path.endswith(".gz") else raw
             records = ArchiveIterator(stream)
             while True:
                 try:
@@ -106,7 +130,7 @@ class WarcSource:
                     doc = self._process(record, path)
                 except StopIteration:
                     return
-                except _TRUNCATION as exc:
+                except TruncatedInput as exc:
                     logger.warning(f"{path}: truncated after the last complete record ({exc})")
                     self._drop("truncated_file", None, path, repr(exc))
                     return
@@ -125,30 +149,31 @@ class WarcSource:
         url = headers.get_header("WARC-Target-URI")
         payload = record.content_stream().read(self.cap + 1)
         self.tally.count(f"{BLOCK}.in", len(payload))
+        where = {"url": url, "file": PurePosixPath(path).name}
         if not self.wet:
             reason = self._http_problem(record)
             if reason:
-                self.tally.remove(BLOCK, reason, {"url": url, "file": path})
+                self.tally.remove(BLOCK, reason, where)
                 return None
         if not payload.strip():
-            self.tally.remove(BLOCK, "empty_payload", {"url": url, "file": path})
+            self.tally.remove(BLOCK, "empty_payload", where)
             return None
         if len(payload) > self.cap:
             payload = payload[: self.cap]
             self.tally.events["capped_pages"] += 1
-        if b"\x00" in payload[:8192]:
-            self.tally.remove(BLOCK, "binary_payload", {"url": url, "file": path})
-            return None
         if not self.wet and not self._is_html(record, payload):
-            self.tally.remove(BLOCK, "non_html", {"url": url, "file": path})
+            self.tally.remove(BLOCK, "non_html", where)
+            return None
+        if b"\x00" in payload[:8192]:
+            self.tally.remove(BLOCK, "binary_payload", where)
             return None
         declared = None if self.wet else _charset(record.http_headers.get_header("Content-Type"))
         text = decode_payload(payload, declared, self.tally)
         if text is None:
-            self.tally.remove(BLOCK, "bad_charset", {"url": url, "file": path})
+            self.tally.remove(BLOCK, "bad_charset", where)
             return None
         if not url:
-            self.tally.remove(BLOCK, "no_url", {"url": None, "file": path, "text": text})
+            self.tally.remove(BLOCK, "no_url", {**where, "text": text})
             return None
         doc_id = headers.get_header("WARC-Record-ID") or f"{PurePosixPath(path).name}/{url}"
         metadata = {"url": url, "date": headers.get_header("WARC-Date"), "source": self.shard.source.name}
@@ -184,8 +209,8 @@ class TextSource:
         self.src = shard.source
 
     def __iter__(self) -> Iterator[Document]:
-        rows = self._hf_rows() if self.src.kind == "hf" else self._file_rows()
-        for doc in rows:
+        rows = {"hf": self._hf_rows, "jsonl": self._jsonl_rows}.get(self.src.kind, self._parquet_rows)
+        for doc in rows():
             self.tally.count(f"{BLOCK}.in", len(doc.text.encode("utf-8", "replace")))
             if not doc.text.strip():
                 self.tally.remove(BLOCK, "empty_payload", {"id": doc.id, "url": doc.metadata.get("url")})
@@ -197,49 +222,61 @@ class TextSource:
             self.tally.count(f"{BLOCK}.out", len(doc.text.encode("utf-8", "replace")))
             yield doc
 
-    def _adapter(self, reader, data: dict, path: str, id_in_file: int | str) -> dict:
+    def _unreadable(self, path: str, exc: Exception) -> None:
+        logger.warning(f"unreadable input {path}: {exc!r}")
+        self.tally.count(f"{BLOCK}.in", 0)
+        self.tally.remove(BLOCK, "unreadable_path", {"file": PurePosixPath(path).name, "text": repr(exc)})
+
+    def _row(self, data: dict, path: str, id_in_file: int | str) -> Document:
+        """A document from one row; a missing or non-string text becomes "" (counted as empty)."""
         text = data.get(self.src.text_key)
-        return {
-            "text": text if isinstance(text, str) else "",
-            "id": str(data.get(self.src.id_key, f"{PurePosixPath(path).name}/{id_in_file}")),
-            "metadata": {"url": data.get(self.src.url_key) or ""},
-        }
+        return Document(
+            text=text if isinstance(text, str) else "",
+            id=str(data.get(self.src.id_key, f"{PurePosixPath(path).name}/{id_in_file}")),
+            metadata={"url": data.get(self.src.url_key) or ""},
+        )
 
-    def _file_rows(self) -> Iterator[Document]:
-        from datatrove.pipeline.readers import JsonlReader, ParquetReader
-
-        cls = JsonlReader if self.src.kind == "jsonl" else ParquetReader
+    def _jsonl_rows(self) -> Iterator[Document]:
+        # Our own line loop rather than datatrove's JsonlReader: that one skips invalid lines and
+        # empty texts with at most a log line; here each becomes a counted, named removal.
         for path in self.shard.files:
-            folder, _, name = path.rpartition("/")
+            name = PurePosixPath(path).name
             try:
-                reader = cls(folder or ".", adapter=self._adapter)
-                reader._empty_warning = True  # empty texts are counted below, not just logged once
-                yield from self._keep_empty(reader, name)
-            except Exception as exc:
-                logger.warning(f"unreadable input {path}: {exc!r}")
-                self.tally.count(f"{BLOCK}.in", 0)
-                self.tally.remove(BLOCK, "unreadable_path", {"file": path, "text": repr(exc)})
+                with fsspec.open(path, "rt", compression="infer", encoding="utf-8", errors="replace") as handle:
+                    for number, line in enumerate(handle, start=1):
+                        if not line.strip():
+                            continue
+                        try:
+                            data = json.loads(line)
+                            if not isinstance(data, dict):
+                                raise ValueError(f"a JSON {type(data).__name__}, not an object")
+                        except ValueError as exc:
+                            self.tally.count(f"{BLOCK}.in", len(line.encode("utf-8", "replace")))
+                            self.tally.remove(BLOCK, "invalid_json", {"id": f"{name}:{number}", "text": str(exc)})
+                            continue
+                        yield self._row(data, path, number - 1)
+            except (OSError, EOFError, zlib.error) as exc:
+                self._unreadable(path, exc)
 
-    @staticmethod
-    def _keep_empty(reader, name: str) -> Iterator[Document]:
-        # datatrove's reader skips empty texts without a trace; keep them so they are counted.
-        original = reader.get_document_from_dict
+    def _parquet_rows(self) -> Iterator[Document]:
+        import pyarrow.parquet as pq
 
-        def keep(data: dict, source_file: str, id_in_file: int | str):
-            return original(data, source_file, id_in_file) or Document(
-                text="", id=f"{name}/{id_in_file}", metadata={"url": ""}
-            )
-
-        reader.get_document_from_dict = keep
-        yield from reader.read_file(name)
+        for path in self.shard.files:
+            try:
+                with fsspec.open(path, "rb") as handle:
+                    table = pq.read_table(handle)
+            except Exception as exc:  # pyarrow raises its own error types for damaged files
+                self._unreadable(path, exc)
+                continue
+            for number, data in enumerate(table.to_pylist()):
+                yield self._row(data, path, number)
 
     def _hf_rows(self) -> Iterator[Document]:
         from datasets.distributed import split_dataset_by_node
 
         dataset = split_dataset_by_node(self._hf_dataset(), rank=self.shard.part, world_size=self.shard.parts)
         for i, row in enumerate(dataset):
-            data = self._adapter(None, row, self.src.dataset or "hf", f"{self.shard.part}/{i}")
-            yield Document(text=data["text"], id=data["id"], metadata=data["metadata"])
+            yield self._row(row, self.src.dataset or "hf", f"{self.shard.part}/{i}")
 
     def _hf_dataset(self):
         import datasets

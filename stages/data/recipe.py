@@ -7,6 +7,7 @@ public suffix list) and language ID (the fastText lid.176 model comes from the
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from functools import cache
 from importlib.util import find_spec
@@ -80,6 +81,26 @@ class OfflineURLFilter(URLFilter):
         return super().filter(document) if document.metadata.get("url") else True
 
 
+class WarmTrafilatura(Trafilatura):
+    """datatrove's Trafilatura, warmed up in the parent before its sandbox forks.
+
+    The sandbox child must answer its warm-up within `timeout`; with FineWeb's 0.1 s a cold child
+    (still importing trafilatura) misses it and every document is dropped as a timeout.
+    """
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        self.extract("<html><body><p>Warm-up paragraph for the extractor.</p></body></html>")
+        yield from super().run(data, rank, world_size)
+
+
+@cache
+def _url_filter(settings: str) -> OfflineURLFilter:
+    """One URL filter per process and settings: parsing the UT1 lists takes seconds, once."""
+    url_filter = OfflineURLFilter(**json.loads(settings))
+    url_filter.download_data()
+    return url_filter
+
+
 def _fields(section, drop: tuple[str, ...] = ("enabled",)) -> dict:
     return section.model_dump(exclude=set(drop))
 
@@ -92,9 +113,11 @@ def filter_blocks(cfg: DataConfig, tally: Tally, html: bool) -> list[tuple[str, 
     sink: Callable[[str], RemovedSampler] = lambda name: RemovedSampler(tally, name)  # noqa: E731
     blocks: list[tuple[str, PipelineStep]] = []
     if cfg.url_filter.enabled:
-        blocks.append(("url_filter", OfflineURLFilter(**_fields(cfg.url_filter), exclusion_writer=sink("url_filter"))))
+        url_filter = _url_filter(json.dumps(_fields(cfg.url_filter), sort_keys=True))
+        url_filter.exclusion_writer = sink("url_filter")
+        blocks.append(("url_filter", url_filter))
     if cfg.extraction.enabled and html:
-        blocks.append(("extraction", Trafilatura(**_fields(cfg.extraction))))
+        blocks.append(("extraction", WarmTrafilatura(**_fields(cfg.extraction))))
     if cfg.language.enabled:
         lang = _fields(cfg.language)
         blocks.append(("language", OfflineLanguageFilter(tally, **lang, exclusion_writer=sink("language"))))

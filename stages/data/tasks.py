@@ -8,6 +8,14 @@ marker and overwrites whatever a killed task left behind, so output is never dup
   2. buckets  per MinHash bucket: find duplicate pairs (datatrove MinHash stage 2)
   3. cluster  once: exact-duplicate pairs + union-find over all pairs (datatrove stage 3)
   4. final    per shard: drop all but one document per cluster → output shard
+
+Scaling of the MinHash phases (bench/data.py measures them): signatures cost ~8 ms per
+300-word document and spread over all shards; the bucket phase is `num_buckets` parallel
+tasks (14 by default, so at most 14 CPUs), each a k-way merge of sorted signature files,
+cheap next to signatures. The cluster phase is the one serial step, as in datatrove: a
+Python union-find over the duplicate pairs only, so its memory and time grow with the
+number of duplicates (not documents). The optional exact-dedup reduction also runs there
+and holds 16 bytes per surviving document in memory (~16 GB per billion documents).
 """
 
 from __future__ import annotations
@@ -19,13 +27,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from loguru import logger
 
 from stages.data.config import DataConfig
 from stages.data.dedup import DEDUP_BLOCK, cluster_counts, dedup_filter, dt_config, exact_pairs, text_hashes
 from stages.data.funnel import Tally, meter
 from stages.data.readers import Shard, open_source
 
+# datatrove logs per document (timeouts, "no .remove file"); every such event lands in a tally instead.
+logger.disable("datatrove")
+
 HTML_KINDS = ("samples", "warc")
+EXTRACTION_PROBLEMS = ("timeout", "broken_process", "clean_error")
 
 
 def _marker(scratch: Path, phase: str, rank: int) -> Path:
@@ -60,7 +73,8 @@ def filter_shard(shard: Shard, cfg: DataConfig, scratch: Path, world: int) -> di
     rank = shard.rank
     tally = Tally(sample_cap=cfg.removed_samples)
     data = open_source(shard, tally, cfg.max_page_bytes)
-    for name, step in filter_blocks(cfg, tally, html=shard.source.kind in HTML_KINDS):
+    blocks = filter_blocks(cfg, tally, html=shard.source.kind in HTML_KINDS)
+    for name, step in blocks:
         tally.block(name)
         data = meter(step(meter(data, tally, f"{name}.in"), rank, world), tally, f"{name}.out")
     data = JsonlWriter(str(scratch / "filtered"), output_filename=f"{rank:05d}.jsonl.gz")(data, rank, world)
@@ -70,8 +84,12 @@ def filter_shard(shard: Shard, cfg: DataConfig, scratch: Path, world: int) -> di
         MinhashDedupSignature(str(scratch / "minhash" / "sigs"), config=dt_config(cfg.minhash)).run(data, rank, world)
     else:
         deque(data, maxlen=0)
-    if "extraction" in tally.blocks:
-        tally.reconcile("extraction", "no_text")
+    for name, step in blocks:
+        if name == "extraction":
+            for problem in EXTRACTION_PROBLEMS:  # counted by datatrove's extractor itself
+                if problem in step.stats.stats:
+                    tally.removed[f"{name}.{problem}"] += int(step.stats.stats[problem].total)
+            tally.reconcile(name, "no_text")
     return _commit(marker, _result(tally))
 
 

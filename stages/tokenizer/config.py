@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import regex
+import tiktoken
 from pydantic import Field, field_validator
 
 from pipeline.stage import StageConfig, cosmetic
@@ -26,9 +26,12 @@ class TokenizerConfig(StageConfig):
     @field_validator("pattern")
     @classmethod
     def _compiles(cls, value: str) -> str:
+        # Compiled by tiktoken's own regex engine (the one rustbpe uses too), not Python's.
         try:
-            regex.compile(value)
-        except regex.error as exc:
+            tiktoken.Encoding(
+                "check", pat_str=value, mergeable_ranks={bytes([b]): b for b in range(256)}, special_tokens={}
+            )
+        except ValueError as exc:
             raise ValueError(f"split pattern does not compile: {exc}") from None
         return value
 

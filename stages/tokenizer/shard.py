@@ -81,10 +81,12 @@ def shard_corpus(
     compare_chars: int,
     tasks: int,
     cpus_per_task: float,
-    on_chunk: Callable[[int], None] = lambda chars: None,
+    on_chunk: Callable[[int], None] = lambda n_bytes: None,
 ) -> ShardResult:
-    """Write train/val shards and `index.json` into `out_dir`. `tasks == 0` encodes in this
-    process (the stage task holds the CPU); otherwise in Ray tasks of `cpus_per_task` CPUs each."""
+    """Write train/val shards and `index.json` into `out_dir`; `on_chunk` gets each encoded chunk's bytes.
+
+    `tasks == 0` encodes in this process (the stage task holds the CPU); otherwise in Ray tasks
+    of `cpus_per_task` CPUs each, at most `tasks` at a time."""
     start = time.perf_counter()
     corpus = CorpusStats()
     stats = {split: SplitStats() for split in SPLITS}

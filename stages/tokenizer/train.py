@@ -8,7 +8,7 @@ and breaks ties towards the smallest (left id, right id). Its token ids are tikt
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 import rustbpe
 
@@ -42,8 +42,3 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, pattern: str = GPT4_P
     """A tokenizer of at most `vocab_size` ids, the special tokens included."""
     ranks, dropped = train_ranks(texts, vocab_size - len(SPECIAL_TOKENS), pattern)
     return Tokenizer.from_ranks(ranks, pattern), dropped
-
-
-def merges(ranks: Mapping[bytes, int]) -> list[bytes]:
-    """The learned tokens in merge order (everything after the 256 single bytes)."""
-    return [token for token, rank in sorted(ranks.items(), key=lambda item: item[1]) if rank >= 256]

@@ -1,0 +1,95 @@
+"""stats.json, removed-document samples, MLflow metrics and the funnel table, from merged tallies."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+from stages.data.funnel import Tally, merge
+from stages.data.readers import BLOCK
+
+KEPT = "kept"
+
+
+def build_stats(parts: list[dict[str, Any]], clusters: dict[str, Any], shards: int) -> dict[str, Any]:
+    total = merge(parts)
+    docs, size, removed = total["docs"], total["bytes"], total["removed"]
+    blocks = [
+        {
+            "block": name,
+            "docs_in": docs[f"{name}.in"],
+            "docs_out": docs[f"{name}.out"],
+            "bytes_in": size[f"{name}.in"],
+            "bytes_out": size[f"{name}.out"],
+            "removed": {k.partition(".")[2]: v for k, v in sorted(removed.items()) if k.startswith(f"{name}.")},
+        }
+        for name in total["blocks"]
+    ]
+    documents_in = docs[f"{BLOCK}.in"]
+    documents_out = blocks[-1]["docs_out"] if blocks else 0
+    stats = {
+        "documents_in": documents_in,
+        "documents_out": documents_out,
+        "bytes_in": size[f"{BLOCK}.in"],
+        "bytes_out": blocks[-1]["bytes_out"] if blocks else 0,
+        "removed": dict(sorted(removed.items())),
+        "blocks": blocks,
+        "events": dict(sorted(total["events"].items())),
+        "languages": dict(total["languages"].most_common()),
+        "dedup": clusters,
+        "shards": shards,
+    }
+    lost = documents_in - documents_out - sum(removed.values())
+    if lost:  # every document must be kept or removed for a named reason
+        raise RuntimeError(f"accounting broken: {lost} documents neither kept nor removed; blocks: {blocks}")
+    return stats
+
+
+def metrics(stats: dict[str, Any]) -> dict[str, float]:
+    flat = {key: float(stats[key]) for key in ("documents_in", "documents_out", "bytes_in", "bytes_out")}
+    for block in stats["blocks"]:
+        flat[f"removed_{block['block']}"] = float(block["docs_in"] - block["docs_out"])
+        for reason, count in block["removed"].items():
+            flat[f"removed_{block['block']}_{reason}"] = float(count)
+    for key in ("clusters", "documents_in_clusters", "largest_cluster"):
+        if key in stats["dedup"]:
+            flat[f"dedup_{key}"] = float(stats["dedup"][key])
+    return flat
+
+
+def funnel_table(stats: dict[str, Any]) -> dict[str, list]:
+    rows = stats["blocks"]
+    return {
+        "block": [r["block"] for r in rows],
+        "docs_in": [r["docs_in"] for r in rows],
+        "docs_out": [r["docs_out"] for r in rows],
+        "bytes_in": [r["bytes_in"] for r in rows],
+        "bytes_out": [r["bytes_out"] for r in rows],
+        "kept_fraction": [round(r["docs_out"] / r["docs_in"], 4) if r["docs_in"] else 1.0 for r in rows],
+    }
+
+
+def write_removed(parts: list[dict[str, Any]], cap: int, folder: Path) -> list[str]:
+    """First `cap` removed documents per reason, in task order, as removed/<block>.<reason>.jsonl.gz."""
+    by_reason: dict[str, list[dict]] = {}
+    for part in parts:
+        for reason, samples in part.get("samples", {}).items():
+            by_reason.setdefault(reason, []).extend(samples)
+    folder.mkdir(parents=True, exist_ok=True)
+    for reason, samples in sorted(by_reason.items()):
+        with gzip.open(folder / f"{reason}.jsonl.gz", "wt", encoding="utf-8") as handle:
+            for sample in samples[:cap]:
+                handle.write(json.dumps(sample, ensure_ascii=False, default=str) + "\n")
+    return sorted(by_reason)
+
+
+def unreadable_part(problems: list, cap: int) -> dict[str, Any]:
+    """Paths that could not be listed or opened count as one removed input each, never silently."""
+    tally = Tally(sample_cap=cap)
+    tally.block(BLOCK)
+    for problem in problems:
+        tally.count(f"{BLOCK}.in", 0)
+        tally.remove(BLOCK, "unreadable_path", {"url": problem.path, "source": problem.source, "text": problem.error})
+    return {"tally": tally.to_dict(), "samples": tally.samples}

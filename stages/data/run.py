@@ -1,0 +1,99 @@
+"""The data stage's `run(ctx)`: plan shards, run the four phases on Ray, publish outputs and stats."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pipeline.stage import StageContext
+from stages.data import tasks
+from stages.data.config import DataConfig, SourceConfig
+from stages.data.execute import run_tasks
+from stages.data.report import build_stats, funnel_table, metrics, unreadable_part, write_removed
+from stages.data.samples.build import ensure_corpus
+from stages.data.sources import plan_shards
+
+
+def resolve_sources(cfg: DataConfig, workdir: Path, seed: int) -> list[SourceConfig]:
+    """`samples` sources become WARC sources over the (built or cached) sample corpus."""
+    resolved = []
+    for source in cfg.sources:
+        if source.kind == "samples":
+            corpus = ensure_corpus(workdir, cfg.samples, seed)
+            source = source.model_copy(update={"paths": [str(corpus / "*.warc.gz")]})
+        resolved.append(source)
+    return resolved
+
+
+def _invalidate(scratch: Path, phases: tuple[str, ...]) -> None:
+    """A phase that re-ran makes later phases' markers stale."""
+    for phase in phases:
+        shutil.rmtree(scratch / "markers" / phase, ignore_errors=True)
+
+
+def _publish(scratch: Path, output: Path) -> list[Path]:
+    """Final shards into the output folder (hard links when possible: same bytes, no copy)."""
+    folder = output / "documents"
+    folder.mkdir(parents=True, exist_ok=True)
+    published = []
+    for shard in sorted((scratch / "final").glob("*.jsonl.gz")):
+        target = folder / shard.name
+        target.unlink(missing_ok=True)
+        try:
+            os.link(shard, target)
+        except OSError:
+            shutil.copy2(shard, target)
+        published.append(target)
+    return published
+
+
+def run(ctx: StageContext) -> dict[str, float]:
+    cfg: DataConfig = ctx.config  # type: ignore[assignment]
+    scratch = ctx.scratch_dir
+    os.environ.setdefault("TLDEXTRACT_CACHE", str(ctx.workdir / "cache" / "tldextract"))
+    shards, problems = plan_shards(cfg, resolve_sources(cfg, ctx.workdir, ctx.seed))
+    for problem in problems:
+        ctx.logger.warning(f"source {problem.source}: cannot read {problem.path} ({problem.error})")
+    world = len(shards)
+    ctx.logger.info(f"{world} shards from {len(cfg.sources)} sources; {cfg.workers} workers")
+    pool: dict[str, Any] = {"workers": cfg.workers, "cpus": cfg.cpus_per_worker, "progress": ctx.progress}
+
+    filtered = run_tasks(tasks.filter_shard, [(s, cfg, scratch, world) for s in shards], desc="filter", **pool)
+    if any(r.get("fresh") for r in filtered):
+        _invalidate(scratch, ("buckets", "cluster", "final"))
+    kept = sum(r["tally"]["docs"].get(f"{r['tally']['blocks'][-1]}.out", 0) for r in filtered)
+    dedup = (cfg.minhash.enabled or cfg.exact_dedup.enabled) and kept > 0
+    clusters: dict[str, Any] = {}
+    if dedup:
+        if cfg.minhash.enabled:
+            buckets = [(b, cfg, scratch) for b in range(cfg.minhash.num_buckets)]
+            found = run_tasks(tasks.find_bucket_pairs, buckets, desc="minhash buckets", **pool)
+            if any(r.get("fresh") for r in found):
+                _invalidate(scratch, ("cluster", "final"))
+        clustered = run_tasks(tasks.cluster, [(cfg, scratch, world)], desc="cluster", **pool)
+        if clustered[0].get("fresh"):
+            _invalidate(scratch, ("final",))
+        clusters = clustered[0]["clusters"]
+    finals = run_tasks(
+        tasks.finalize_shard, [(r, cfg, scratch, world, dedup) for r in range(world)], desc="write", **pool
+    )
+
+    parts = [unreadable_part(problems, cfg.removed_samples), *filtered, *finals]
+    stats = build_stats([p["tally"] for p in parts], clusters, world)
+    published = _publish(scratch, ctx.output_dir)
+    stats["files"] = [p.relative_to(ctx.output_dir).as_posix() for p in published]
+    stats["removed_samples"] = write_removed(parts, cfg.removed_samples, ctx.output_dir / "removed")
+    (ctx.output_dir / "stats.json").write_text(json.dumps(stats, indent=1))
+
+    flat = metrics(stats)
+    ctx.tracker.log_metrics(flat)
+    ctx.tracker.log_table(funnel_table(stats), "data/funnel.json")
+    ctx.tracker.log_dict(stats, "data/stats.json")
+    for problem in stats["removed"]:
+        if problem.startswith("read."):
+            ctx.logger.warning(f"bad input: {stats['removed'][problem]} x {problem}")
+    ctx.logger.info(f"kept {stats['documents_out']}/{stats['documents_in']} documents")
+    return flat

@@ -1,0 +1,1 @@
+"""The embedded default corpus: real text from pip packages, packed into WARC files with planted junk."""
