@@ -22,8 +22,8 @@ from pipeline.store import Store
 EPILOG = """examples:
   z2h run configs/tiny.yaml                       run the whole pipeline, reusing cached stages
   z2h run configs/tiny.yaml --until tokenizer     run tokenizer and everything it needs
-  z2h run configs/tiny.yaml --stage pretrain      rerun one stage from cached upstreams
-  z2h run configs/tiny.yaml --force data --set stages.data.seed=3
+  z2h run configs/tiny.yaml --stage tokenizer     rerun one stage from cached upstreams
+  z2h run configs/tiny.yaml --force data --set stages.data.tasks=8
   z2h plan configs/tiny.yaml                      show the DAG, fingerprints and cache status
   z2h runs configs/tiny.yaml                      recent pipeline runs from MLflow
   z2h ui configs/tiny.yaml                        MLflow UI on 127.0.0.1
