@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import random
 import shutil
@@ -90,33 +89,12 @@ def _row(block: str, docs: int, size: int, seconds: float) -> dict:
 def run_stage(cfg: DataConfig, workdir: Path, root: Path) -> tuple[float, dict]:
     import ray
 
-    from pipeline.progress import Progress
-    from pipeline.stage import StageContext
+    from pipeline.local import local_context
     from stages.data import stage
-
-    class NullTracker:
-        def log_metrics(self, *a, **k): ...
-        def log_table(self, *a, **k): ...
-        def log_dict(self, *a, **k): ...
 
     if not ray.is_initialized():
         ray.init(num_cpus=cfg.workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    for sub in ("out", "scratch"):
-        (root / sub).mkdir(parents=True)
-    ctx = StageContext(
-        name="data",
-        config=cfg,
-        pipeline_config=None,
-        upstream={},
-        output_dir=root / "out",
-        scratch_dir=root / "scratch",
-        workdir=workdir,
-        seed=1337,
-        fingerprint="bench",
-        tracker=NullTracker(),
-        logger=logging.getLogger("bench"),  # type: ignore[arg-type]
-        progress=Progress("data", enabled=False),
-    )
+    ctx = local_context("data", cfg, root, seed=1337, workdir=workdir)
     start = time.perf_counter()
     metrics = stage.run(ctx)
     return time.perf_counter() - start, metrics

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import gzip
 import json
-import logging
 import random
 import string
 from pathlib import Path
 
 import pytest
 
-from pipeline.progress import Progress
+from pipeline.local import local_context
 from pipeline.stage import StageContext
 from stages.data import stage, tasks
 from stages.data.config import DataConfig
@@ -31,14 +30,6 @@ FILTERS_OFF = {
         "fineweb_quality",
     )
 }
-
-
-class NullTracker:
-    def log_metrics(self, *args, **kwargs) -> None: ...
-
-    def log_table(self, *args, **kwargs) -> None: ...
-
-    def log_dict(self, *args, **kwargs) -> None: ...
 
 
 def planted_corpus(folder: Path, seed: int = 0) -> dict[str, str]:
@@ -68,22 +59,7 @@ def planted_corpus(folder: Path, seed: int = 0) -> dict[str, str]:
 
 
 def make_ctx(root: Path, cfg: DataConfig) -> StageContext:
-    for sub in ("out", "scratch"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    return StageContext(
-        name="data",
-        config=cfg,
-        pipeline_config=None,
-        upstream={},
-        output_dir=root / "out",
-        scratch_dir=root / "scratch",
-        workdir=root,
-        seed=0,
-        fingerprint="test",
-        tracker=NullTracker(),  # type: ignore[arg-type]
-        logger=logging.getLogger("test.data"),
-        progress=Progress("data", enabled=False),
-    )
+    return local_context("data", cfg, root)
 
 
 def config(corpus: Path, **extra) -> DataConfig:

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import logging
 from pathlib import Path
 
 import pytest
 import ray
 
-from pipeline.lineage import experiment_id, start_run
-from pipeline.progress import Progress
-from pipeline.stage import StageContext
+from pipeline.local import local_context, mlflow_tracker
 from stages.data import stage
 from stages.data.config import DataConfig
 
@@ -32,25 +29,9 @@ def ray_cluster():
 
 
 def test_stage_on_sample_slice_under_ray(tmp_path: Path, ray_cluster):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    tracker = start_run(uri, experiment_id(uri, "z2h-test", tmp_path / "artifacts"), "data", {"z2h.stage": "data"})
+    tracker = mlflow_tracker(f"sqlite:///{tmp_path}/mlflow.db", "z2h-test", "data", tmp_path / "artifacts")
     cfg = DataConfig(samples=SLICE, tasks=3, workers=2)
-    ctx = StageContext(
-        name="data",
-        config=cfg,
-        pipeline_config=None,
-        upstream={},
-        output_dir=tmp_path / "out",
-        scratch_dir=tmp_path / "scratch",
-        workdir=WORKDIR,
-        seed=1337,
-        fingerprint="test",
-        tracker=tracker,
-        logger=logging.getLogger("test.data"),
-        progress=Progress("data", enabled=False),
-    )
-    ctx.output_dir.mkdir()
-    ctx.scratch_dir.mkdir()
+    ctx = local_context("data", cfg, tmp_path, seed=1337, tracker=tracker, workdir=WORKDIR)
     metrics = stage.run(ctx)
 
     stats = json.loads((ctx.output_dir / "stats.json").read_text())

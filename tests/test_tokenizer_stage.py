@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import logging
 import shutil
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from mlflow import MlflowClient
 from tokenizer_data import doc_texts, write_documents
 
 from pipeline.lineage import experiment_id, start_run
-from pipeline.progress import Progress
+from pipeline.local import local_context
 from pipeline.stage import StageContext
 from stages.common.shards import Split
 from stages.common.tokenizer import load
@@ -58,26 +57,11 @@ def tracking(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 
 def make_context(tracking: tuple[str, str], tmp_path: Path, data_dir: Path, **config) -> StageContext:
     uri, experiment = tracking
-    output, scratch = tmp_path / "out", tmp_path / "scratch"
-    output.mkdir(exist_ok=True)
-    scratch.mkdir(exist_ok=True)
     cfg = TokenizerConfig(
         **{"vocab_size": 1024, "val_fraction": 0.05, "shard_tokens": 40_000, "chunk_chars": 50_000, **config}
     )
-    return StageContext(
-        name="tokenizer",
-        config=cfg,
-        pipeline_config=None,
-        upstream={"data": data_dir},
-        output_dir=output,
-        scratch_dir=scratch,
-        workdir=tmp_path,
-        seed=SEED,
-        fingerprint="test",
-        tracker=start_run(uri, experiment, "tokenizer", {"z2h.stage": "tokenizer"}),
-        logger=logging.getLogger("z2h.tokenizer"),
-        progress=Progress("tokenizer"),
-    )
+    tracker = start_run(uri, experiment, "tokenizer", {"z2h.stage": "tokenizer"})
+    return local_context("tokenizer", cfg, tmp_path, upstream={"data": data_dir}, seed=SEED, tracker=tracker)
 
 
 def run_in_ray(ctx: StageContext) -> dict[str, float]:
