@@ -40,21 +40,22 @@ def start(
     num_gpus: int | None = None,
     dashboard: bool = False,
     env: Mapping[str, str] | None = None,
-) -> str | None:
-    """Initialise Ray for this process; returns the cluster address (None when embedded)."""
+) -> tuple[str | None, str | None]:
+    """Initialise Ray for this process; returns the cluster address (None when embedded) and
+    the dashboard URL (None without a dashboard)."""
     import ray
 
-    if ray.is_initialized():
-        return resolve_address(address)
     target = resolve_address(address)
+    if ray.is_initialized():
+        return target, None
     runtime_env = {"env_vars": dict(env)} if env else None
     try:
         if target:
-            ray.init(address=target, runtime_env=runtime_env, logging_level=logging.WARNING)
+            context = ray.init(address=target, runtime_env=runtime_env, logging_level=logging.WARNING)
         else:
             temp = ray_temp_dir(workdir)
             temp.mkdir(parents=True, exist_ok=True)
-            ray.init(
+            context = ray.init(
                 num_cpus=num_cpus,
                 num_gpus=num_gpus,
                 include_dashboard=dashboard,
@@ -68,7 +69,8 @@ def start(
     except Exception as exc:  # raylet/GCS failed to come up: say so in one line
         where = target or f"embedded (session files in {ray_temp_dir(workdir)})"
         raise UsageError(f"cannot start Ray ({where}): {str(exc).strip().splitlines()[0]}") from None
-    return target
+    url = context.dashboard_url
+    return target, (url if url.startswith("http") else f"http://{url}") if url else None
 
 
 def stop() -> None:

@@ -136,7 +136,7 @@ def cmd_plan(args: argparse.Namespace, stages: dict, console: Console) -> int:
         for item in plan.stages:
             item.lookup = store.lookup(item.name, item.fingerprint, checksums=True)
     table = Table(title=f"plan: {plan.config.run.name}  (store: {plan.config.run.workdir / 'store'})")
-    for column in ("stage", "needs", "fingerprint", "status", "resources", "note"):
+    for column in ("stage", "needs", "fingerprint", "status", "resources", "note", "details"):
         table.add_column(column)
     colours = {"cached": "cyan", "run": "green", "skip": "dim"}
     for item in plan.stages:
@@ -151,6 +151,7 @@ def cmd_plan(args: argparse.Namespace, stages: dict, console: Console) -> int:
             f"[{colours[status]}]{status}[/]",
             item.resources.describe(),
             note,
+            item.stage.summary(item.config, plan.config) if item.stage.summary else "",
         )
     stdout_console().print(table)
     return 0

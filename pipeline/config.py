@@ -42,7 +42,9 @@ class ClusterConfig(BaseModel):
     address: str | None = Field(None, description="running Ray cluster; None: RAY_ADDRESS or embedded local Ray")
     num_cpus: int | None = Field(None, ge=1, description="embedded Ray only; default: all cores")
     num_gpus: int | None = Field(None, ge=0, description="embedded Ray only; default: detected")
-    dashboard: bool = Field(False, description="start Ray's dashboard (bound to 127.0.0.1)")
+    dashboard: bool = Field(
+        True, description="embedded Ray's dashboard on 127.0.0.1 (Ray Train's state checks need it)"
+    )
 
 
 @dataclass

@@ -91,9 +91,11 @@ class Runner:
         env = worker_env(self.workdir)
         os.environ.update(env)
         cluster = self.config.cluster
-        address = runtime.start(
+        address, dashboard = runtime.start(
             self.workdir, cluster.address, cluster.num_cpus, cluster.num_gpus, cluster.dashboard, env=env
         )
+        if dashboard:
+            self.console.print(f"[bold]z2h[/] Ray dashboard: {dashboard}")
         for item in self.plan.selected:
             if item.status == "run":
                 runtime.check_resources(item.name, item.resources.total_cpus, item.resources.total_gpus)

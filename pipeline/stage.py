@@ -113,6 +113,7 @@ class Stage:
     code:          extra importable packages whose source is part of the fingerprint
                    (the stage's own package is always included)
     commands:      extra CLI subcommands
+    summary:       (config, pipeline config) -> one line for `z2h plan` (sizes, budgets)
     """
 
     name: str
@@ -123,6 +124,7 @@ class Stage:
     code: tuple[str, ...] = ()
     commands: Mapping[str, StageCommand] = field(default_factory=dict)
     description: str = ""
+    summary: Callable[[Any, Any], str] | None = None
 
     def source_packages(self) -> Iterable[str]:
         """The stage's own package (the one defining `run`) and its declared `code`."""

