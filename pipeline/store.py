@@ -40,7 +40,7 @@ class Manifest:
     seconds: float = 0.0
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        return json.dumps(asdict(self), indent=2)  # metrics keep the order the stage gave them
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
