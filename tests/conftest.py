@@ -47,3 +47,16 @@ stages:
 """
     )
     return path
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """A local 2-CPU Ray for one test module: stage code runs inside Ray and starts Ray work."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    if started:
+        ray.shutdown()

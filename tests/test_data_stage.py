@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import ray
 
 from pipeline.local import local_context, mlflow_tracker
 from stages.data import stage
@@ -21,14 +20,7 @@ SLICE = {"news_pages": 12, "bbc_articles": 40, "wikipedia": 40, "shakespeare_sce
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
-def test_stage_on_sample_slice_under_ray(tmp_path: Path, ray_cluster):
+def test_stage_on_sample_slice_under_ray(tmp_path: Path, ray_session):
     tracker = mlflow_tracker(f"sqlite:///{tmp_path}/mlflow.db", "z2h-test", "data", tmp_path / "artifacts")
     cfg = DataConfig(samples=SLICE, tasks=3, workers=2)
     ctx = local_context("data", cfg, tmp_path, seed=1337, tracker=tracker, workdir=WORKDIR)

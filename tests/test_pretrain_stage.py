@@ -77,18 +77,10 @@ def make_context(root: Path, tracking: tuple[str, str], **overrides) -> StageCon
 
 
 @pytest.fixture(scope="module")
-def stage_run(tmp_path_factory: pytest.TempPathFactory, tracking) -> tuple[StageContext, dict[str, float]]:
+def stage_run(tmp_path_factory: pytest.TempPathFactory, tracking, ray_session) -> tuple[StageContext, dict[str, float]]:
     ctx = make_context(tmp_path_factory.mktemp("pretrain"), tracking)
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        assert stage.resources(ctx.config).workers == 2
-        metrics = ray.get(ray.remote(num_cpus=0)(stage.run).remote(ctx))
-    finally:
-        if started:
-            ray.shutdown()
-    return ctx, metrics
+    assert stage.resources(ctx.config).workers == 2
+    return ctx, ray.get(ray.remote(num_cpus=0)(stage.run).remote(ctx))
 
 
 def test_model_learns_and_loads(stage_run) -> None:

@@ -21,7 +21,7 @@ from stages.tokenizer import stage
 from stages.tokenizer.config import TokenizerConfig
 from stages.tokenizer.corpus import CorpusError, is_val
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 SEED = 5
 BAD_LINES = (
     json.dumps({"id": "nul", "text": "nul\x00byte"}),
@@ -30,16 +30,6 @@ BAD_LINES = (
     json.dumps({"id": "no-text", "title": "x"}),
     json.dumps({"id": "empty", "text": "\x00"}),
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
