@@ -30,7 +30,7 @@ EPILOG = """examples:
 """
 
 
-def _config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+def _config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="pipeline YAML (e.g. configs/tiny.yaml)")
     parser.add_argument(
         "-c",
@@ -75,7 +75,7 @@ def _selection_args(parser: argparse.ArgumentParser) -> None:
 def build_parser(stages: dict) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="z2h",
-        description="zero2hero: raw web crawl to chat model (data, tokenizer, pretrain, sft, rl, eval) on Ray, "
+        description="zero2hero: raw web crawl to chat model (data, tokenizer, pretrain, sft) on Ray, "
         "tracked in MLflow.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -53,8 +53,7 @@ def fingerprint_config(model: BaseModel) -> dict[str, Any]:
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         if extra.get("cosmetic"):
             continue
-        value = getattr(model, name)
-        out[name] = fingerprint_config(value) if isinstance(value, BaseModel) else _jsonable(value)
+        out[name] = _jsonable(getattr(model, name))
     return out
 
 

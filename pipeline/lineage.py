@@ -153,7 +153,7 @@ class Tracker:
             name=name,
             source_run_id=self.run_id,
             tags={**(tags or {}), **({"z2h.base_model_id": base_model_id} if base_model_id else {})},
-            params={k: v for k, v in flatten(params or {}).items()},
+            params=flatten(params or {}),
         )
         try:
             self.client.log_model_artifacts(model.model_id, str(local_dir))

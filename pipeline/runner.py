@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 
 from rich.console import Console
@@ -22,7 +23,7 @@ from pipeline.graph import Plan, PlannedStage
 from pipeline.lineage import DatasetRef, Tracker
 from pipeline.store import Store
 
-VERSION = "0.1.0"
+VERSION = version("zero2hero")
 
 
 @dataclass
@@ -114,7 +115,8 @@ class Runner:
                 "z2h.stages": ",".join(s.name for s in self.plan.selected),
             },
         )
-        parent.log_params({"run": self.config.to_dict()["run"], "cluster": self.config.to_dict()["cluster"]})
+        resolved = self.config.to_dict()
+        parent.log_params({"run": resolved["run"], "cluster": resolved["cluster"]})
         parent.log_text(self.config.to_yaml(), "config.yaml")
         return address or "", parent
 

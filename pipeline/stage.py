@@ -34,10 +34,11 @@ class StageConfig(BaseModel):
         """
 
 
-def cosmetic(default: Any, description: str = "") -> Any:
+def cosmetic(default: Any, description: str = "", **constraints: Any) -> Any:
     """A config field that does not change a stage's outputs (logging cadence, progress
-    bars): left out of the fingerprint, so changing it never invalidates the cache."""
-    return Field(default, description=description, json_schema_extra={"cosmetic": True})
+    bars): left out of the fingerprint, so changing it never invalidates the cache.
+    `constraints` are pydantic's (`ge=1`, `gt=0`, ...)."""
+    return Field(default, description=description, json_schema_extra={"cosmetic": True}, **constraints)
 
 
 @dataclass(frozen=True)

@@ -160,8 +160,8 @@ class DataConfig(StageConfig):
     fineweb_quality: FineWebQualityConfig = Field(default_factory=FineWebQualityConfig)
     minhash: MinhashConfig = Field(default_factory=MinhashConfig)
     exact_dedup: ExactDedupConfig = Field(default_factory=ExactDedupConfig)
-    workers: int = cosmetic(2, "Ray tasks in flight at once; 1 runs every task inside the stage task")
-    cpus_per_worker: float = cosmetic(1.0, "CPUs each Ray task requests")
+    workers: int = cosmetic(2, "Ray tasks in flight at once; 1 runs every task inside the stage task", ge=1)
+    cpus_per_worker: float = cosmetic(1.0, "CPUs each Ray task requests", gt=0)
 
     @model_validator(mode="after")
     def _unique_source_names(self) -> DataConfig:

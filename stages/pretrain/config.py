@@ -74,7 +74,7 @@ class PretrainConfig(StageConfig):
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
     peak_flops: float | None = Field(None, gt=0, description="per worker, for MFU; None: measure a matmul peak")
-    log_every: int = cosmetic(10, "steps between metric logs")
+    log_every: int = cosmetic(10, "steps between metric logs", ge=1)
     progress: bool = cosmetic(True, "show a progress bar")
 
     @property

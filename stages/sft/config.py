@@ -74,8 +74,8 @@ class SFTConfig(StageConfig):
     workers: int = Field(2, ge=1, description="Ray Train workers (DDP ranks)")
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
-    log_every: int = cosmetic(10, "train loss to MLflow every N optimizer steps")
-    examples_per_reason: int = cosmetic(3, "skipped rows shown per reason in stats.json")
+    log_every: int = cosmetic(10, "train loss to MLflow every N optimizer steps", ge=1)
+    examples_per_reason: int = cosmetic(3, "skipped rows shown per reason in stats.json", ge=0)
 
     @model_validator(mode="after")
     def _unique_names(self) -> SFTConfig:

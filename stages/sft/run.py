@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import fields
 
 from pipeline.stage import StageContext
 from stages.common import arith
@@ -44,21 +45,9 @@ def base_model_id(ctx: StageContext) -> str | None:
 
 def _job(ctx: StageContext, data: Prepared, tokenizer: Tokenizer) -> Job:
     cfg: SFTConfig = ctx.config
-    settings = Settings(
-        batch_size=cfg.batch_size,
-        grad_accum=cfg.grad_accum,
-        steps=cfg.steps,
-        lr=cfg.lr,
-        min_lr_ratio=cfg.min_lr_ratio,
-        warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay,
-        grad_clip=cfg.grad_clip,
-        bf16=cfg.bf16,
-        eval_every=cfg.eval_every,
-        log_every=cfg.log_every,
-        max_new_tokens=cfg.max_new_tokens,
-        seed=ctx.seed,
-    )
+    # Settings are the config's training fields (plain data for the workers) plus the run's seed.
+    names = [f.name for f in fields(Settings) if f.name != "seed"]
+    settings = Settings(**{name: getattr(cfg, name) for name in names}, seed=ctx.seed)
     return Job(
         model_dir=str(ctx.upstream["pretrain"] / "model"),
         train_ids=data.train.ids,

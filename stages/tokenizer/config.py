@@ -18,10 +18,12 @@ class TokenizerConfig(StageConfig):
     train_doc_max_chars: int = Field(10_000, ge=1, description="at most this many characters from each document")
     val_fraction: float = Field(0.01, ge=0.0, lt=1.0, description="documents held out for validation, by id hash")
     shard_tokens: int = Field(50_000_000, ge=1, description="a new shard starts once a shard holds this many tokens")
-    tasks: int = cosmetic(2, "parallel Ray encoding tasks; shards are identical for any number")
-    cpus_per_task: float = cosmetic(1.0, "CPUs each encoding task holds")
-    chunk_chars: int = cosmetic(1_000_000, "characters of documents sent to one encoding task at a time")
-    compare_max_chars: int = cosmetic(2_000_000, "characters per split encoded with GPT-2's vocabulary too; 0: skip")
+    tasks: int = cosmetic(2, "parallel Ray encoding tasks; shards are identical for any number", ge=1)
+    cpus_per_task: float = cosmetic(1.0, "CPUs each encoding task holds", ge=0)
+    chunk_chars: int = cosmetic(1_000_000, "characters of documents sent to one encoding task at a time", ge=1)
+    compare_max_chars: int = cosmetic(
+        2_000_000, "characters per split encoded with GPT-2's vocabulary too; 0: skip", ge=0
+    )
 
     @field_validator("pattern")
     @classmethod
@@ -33,18 +35,4 @@ class TokenizerConfig(StageConfig):
             )
         except ValueError as exc:
             raise ValueError(f"split pattern does not compile: {exc}") from None
-        return value
-
-    @field_validator("tasks", "chunk_chars")
-    @classmethod
-    def _positive(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError("must be at least 1")
-        return value
-
-    @field_validator("cpus_per_task", "compare_max_chars")
-    @classmethod
-    def _not_negative(cls, value: float) -> float:
-        if value < 0:
-            raise ValueError("must not be negative")
         return value
