@@ -1,5 +1,4 @@
-"""The finetuning loop in one plain process (no Ray): it lowers held-out assistant loss; greedy
-generation in batches matches one prompt at a time."""
+"""The finetuning loop in one plain process (no Ray): it lowers held-out assistant loss."""
 
 from __future__ import annotations
 
@@ -10,10 +9,8 @@ import torch
 from sft_tiny import tokenizer, write_base_model
 
 from stages.common.chat import ASSISTANT_END
-from stages.common.model import GPTConfig, build
 from stages.sft.config import SFTConfig, SourceConfig
 from stages.sft.data import prepare
-from stages.sft.generate import greedy
 from stages.sft.train import Job, Settings, lr_at, train
 
 
@@ -73,12 +70,3 @@ def test_lr_warms_up_then_decays_to_the_floor():
     assert lr_at(0, s) == 0.1 and lr_at(9, s) == 1.0
     assert lr_at(10, s) == 1.0 and abs(lr_at(100, s) - 0.1) < 1e-9
     assert all(lr_at(i, s) >= lr_at(i + 1, s) for i in range(10, 100))
-
-
-def test_batched_greedy_matches_one_prompt_at_a_time():
-    model = build(GPTConfig(vocab_size=64, seq_len=48, n_layer=1, n_head=2, d_model=32), seed=3).eval()
-    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11], [12, 13]]
-    batched = greedy(model, prompts, max_new_tokens=12, stop_id=5, batch_size=4)
-    single = [greedy(model, [p], max_new_tokens=12, stop_id=5)[0] for p in prompts]
-    assert batched == single
-    assert all(len(r) == 12 or r[-1] == 5 for r in batched)

@@ -7,6 +7,10 @@ index so a pipeline stage can delete the ones it does not own, and the embedding
 norm and head may be None on stages that do not hold them. Attention reshapes with -1
 heads so tensor-parallel shards (fewer local heads) run the same code.
 
+Generation passes a `KVCache` (stages/common/kv_cache.py): each attention layer appends its new
+keys and values and attends over everything cached so far; rows may be left-padded, so the cache
+also supplies each token's RoPE position and the attention mask. Training never passes one.
+
 Checkpoints are `model.safetensors` + `config.json`: loading never unpickles.
 """
 
@@ -16,11 +20,14 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from stages.common.kv_cache import KVCache
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -109,7 +116,9 @@ class Attention(nn.Module):
         self.q_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None, layer: int = 0
+    ) -> torch.Tensor:
         batch, time, _ = x.shape
         q = self.wq(x).view(batch, time, -1, self.head_dim).transpose(1, 2)
         k = self.wk(x).view(batch, time, -1, self.head_dim).transpose(1, 2)
@@ -118,7 +127,11 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         grouped = q.shape[1] != k.shape[1]
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=grouped)
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=grouped)
+        else:
+            k, v = cache.append(layer, k, v)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.mask, enable_gqa=grouped)
         return self.wo(y.transpose(1, 2).reshape(batch, time, -1))
 
 
@@ -144,8 +157,10 @@ class Block(nn.Module):
         self.mlp_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin)
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None, layer: int = 0
+    ) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache, layer)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -161,15 +176,21 @@ class GPT(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """tokens (batch, time) ids -> logits (batch, time, vocab). On a pipeline stage without
         the embedding, `tokens` is the previous stage's hidden state; without the head, the
-        hidden state is returned."""
+        hidden state is returned. With a cache, `tokens` continue the cached sequences."""
         h = self.tok_embeddings(tokens) if self.tok_embeddings is not None else tokens
         time = h.shape[1]
-        cos, sin = self.rope_cos[:time], self.rope_sin[:time]
-        for layer in self.layers.values():
-            h = layer(h, cos, sin)
+        if cache is None:
+            cos, sin = self.rope_cos[:time], self.rope_sin[:time]
+        else:  # per-row positions (rows are left-padded): (batch, 1, time, head_dim / 2)
+            positions = cache.begin(time)
+            cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)
+        for index, layer in enumerate(self.layers.values()):
+            h = layer(h, cos, sin, cache, index)
+        if cache is not None:
+            cache.commit(time)
         if self.norm is not None:
             h = self.norm(h)
         return self.output(h) if self.output is not None else h

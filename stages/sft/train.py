@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
+from stages.common.generate import Sampling, ends_turn, generate
 from stages.common.model import GPT, cross_entropy, load_pretrained
-from stages.sft.generate import ends_turn, greedy
 
 IGNORE = -100
 Log = Callable[[dict[str, float], int], None]
@@ -97,7 +97,8 @@ def adherence(model: GPT, job: Job, accelerator: Accelerator) -> tuple[dict[str,
     mine = list(range(accelerator.process_index, len(job.prompts), accelerator.num_processes))
     model.eval()
     with accelerator.autocast():
-        replies = greedy(model, [job.prompts[i] for i in mine], job.settings.max_new_tokens, job.stop_id)
+        greedy = Sampling(max_new_tokens=job.settings.max_new_tokens)
+        replies = generate(model, [job.prompts[i] for i in mine], greedy, job.stop_id)
     model.train()
     counts = torch.zeros(2 + 2 * len(tags), device=accelerator.device)
     for index, reply in zip(mine, replies, strict=True):
