@@ -29,10 +29,10 @@ SLICE = [
 
 def test_tiny_config_until_tokenizer(tmp_path: Path):
     workdir = tmp_path / "work"
-    packages = REPO / ".z2h" / "samples" / "packages"
+    packages = REPO / ".z2h" / "cache" / "packages"
     packages.mkdir(parents=True, exist_ok=True)
-    (workdir / "samples").mkdir(parents=True)
-    (workdir / "samples" / "packages").symlink_to(packages)  # download the archives once per machine
+    (workdir / "cache").mkdir(parents=True)
+    (workdir / "cache" / "packages").symlink_to(packages)  # download the archives once per machine
     argv = ["run", str(REPO / "configs" / "tiny.yaml"), "--until", "tokenizer", "--set", f"run.workdir={workdir}"]
     for assignment in SLICE:
         argv += ["--set", assignment]

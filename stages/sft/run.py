@@ -12,7 +12,7 @@ import shutil
 from dataclasses import fields
 
 from pipeline.stage import StageContext
-from stages.common import arith
+from stages.common import arith, packages
 from stages.common.chat import ASSISTANT_END, prompt_and_reply
 from stages.common.model import GPTConfig
 from stages.common.tokenizer import Tokenizer, load
@@ -93,7 +93,7 @@ def run(ctx: StageContext) -> dict[str, float]:
     if model_cfg.vocab_size < tokenizer.vocab_size:
         raise ValueError(f"base model vocab {model_cfg.vocab_size} < tokenizer vocab {tokenizer.vocab_size}")
 
-    data = prepare(cfg, tokenizer, seq_len, ctx.seed, ctx.workdir / "cache" / "sft", ctx.logger)
+    data = prepare(cfg, tokenizer, seq_len, ctx.seed, packages.cache_dir(ctx.workdir), ctx.logger)
     ctx.logger.info(
         "sft: %d train rows (%.0f%% loss tokens), %d held-out rows, %d prompts",
         len(data.train),

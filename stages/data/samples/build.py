@@ -1,6 +1,6 @@
 """Builds the sample corpus deterministically for a seed and caches it under the work dir.
 
-`<workdir>/samples/packages/` holds the downloaded archives; `<workdir>/samples/corpus-<digest>/`
+`<workdir>/cache/packages/` holds the downloaded archives; `<workdir>/samples/corpus-<digest>/`
 the WARC files plus `labels.jsonl` (what each planted page is meant to trip), where the
 digest covers the size settings, the seed and the builder version.
 """
@@ -14,8 +14,9 @@ import random
 import shutil
 from pathlib import Path
 
+from stages.common import packages
 from stages.data.config import SamplesConfig
-from stages.data.samples import packages, planted
+from stages.data.samples import planted
 from stages.data.samples.real import Page, bbc_articles, html_page, news_pages, shakespeare_scenes, wikipedia_pages
 from stages.data.samples.warcpack import write_warcs
 
@@ -37,7 +38,7 @@ def ensure_corpus(workdir: Path, cfg: SamplesConfig, seed: int) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        build(cfg, seed, workdir / "samples" / "packages", staging)
+        build(cfg, seed, packages.cache_dir(workdir), staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
