@@ -1,7 +1,9 @@
 """Start or join Ray for one `z2h` command.
 
 With no `cluster.address` and no RAY_ADDRESS, an embedded local Ray starts in-process:
-dashboard (if asked for) bound to 127.0.0.1, session files under the work dir.
+dashboard (if asked for) bound to 127.0.0.1, session files under the work dir. With one, the
+command joins that cluster as a driver (`ray start` on each node; see cluster/README.md).
+Placement checks live in `cluster.placement`, shared-storage rules in `cluster.storage`.
 """
 
 from __future__ import annotations
@@ -78,16 +80,3 @@ def stop() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
-
-
-def check_resources(stage: str, cpus: float, gpus: float) -> None:
-    """Refuse a stage the cluster can never schedule, instead of waiting forever."""
-    import ray
-
-    available = ray.cluster_resources()
-    have_cpus, have_gpus = available.get("CPU", 0.0), available.get("GPU", 0.0)
-    if cpus > have_cpus or gpus > have_gpus:
-        raise UsageError(
-            f"stage '{stage}' needs {cpus:g} CPU and {gpus:g} GPU but the Ray cluster has "
-            f"{have_cpus:g} CPU and {have_gpus:g} GPU: lower the stage's workers/resources or add nodes"
-        )

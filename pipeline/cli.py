@@ -17,7 +17,7 @@ from rich.table import Table
 from pipeline import config as config_io
 from pipeline import graph, registry, reports
 from pipeline.errors import UsageError
-from pipeline.store import Store
+from pipeline.store import open_store
 
 EPILOG = """examples:
   z2h run configs/tiny.yaml                       run the whole pipeline, reusing cached stages
@@ -124,18 +124,18 @@ def _selection(args: argparse.Namespace) -> graph.Selection:
 
 def _plan(args: argparse.Namespace, stages: dict) -> graph.Plan:
     config = _load(args, stages)
-    store = Store(config.run.workdir / "store")
+    store = open_store(config.run.store, config.run.workdir)
     label = args.config or (args.config_file[0] if args.config_file else "CONFIG")
     return graph.build_plan(config, stages, store, _selection(args), config_label=label)
 
 
 def cmd_plan(args: argparse.Namespace, stages: dict, console: Console) -> int:
     plan = _plan(args, stages)
+    store = open_store(plan.config.run.store, plan.config.run.workdir)
     if args.verify:
-        store = Store(plan.config.run.workdir / "store")
         for item in plan.stages:
             item.lookup = store.lookup(item.name, item.fingerprint, checksums=True)
-    table = Table(title=f"plan: {plan.config.run.name}  (store: {plan.config.run.workdir / 'store'})")
+    table = Table(title=f"plan: {plan.config.run.name}  (store: {store.describe})")
     for column in ("stage", "needs", "fingerprint", "status", "resources", "note", "details"):
         table.add_column(column)
     colours = {"cached": "cyan", "run": "green", "skip": "dim"}

@@ -25,11 +25,26 @@ class RunConfig(BaseModel):
     workdir: Path = Path(".z2h")
     seed: int = Field(1337, ge=0)
     tracking_uri: str | None = Field(None, description="default: sqlite:///<workdir>/mlflow.db")
+    store: str | None = Field(
+        None, description="store root: a path or an fsspec URI (s3://, gs://, file://); default: <workdir>/store"
+    )
+    shared_storage: bool = Field(
+        False, description="the work dir (and a path store) is on storage every node mounts (NFS, Lustre, ...)"
+    )
 
     @field_validator("workdir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().absolute()
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, value: str | None) -> str | None:
+        if value is not None and value.startswith("memory://"):
+            raise ValueError("memory:// lives in one process but stages run in others; use s3://, gs://, file://")
+        if value is None or "://" in value:
+            return value
+        return str(Path(value).expanduser().absolute())
 
     @property
     def tracking(self) -> str:
@@ -44,6 +59,9 @@ class ClusterConfig(BaseModel):
     num_gpus: int | None = Field(None, ge=0, description="embedded Ray only; default: detected")
     dashboard: bool = Field(
         True, description="embedded Ray's dashboard on 127.0.0.1 (Ray Train's state checks need it)"
+    )
+    check_resources: bool = Field(
+        True, description="refuse a stage the nodes present cannot hold; false for a cluster that autoscales"
     )
 
 

@@ -2,13 +2,16 @@
 
 The driver creates the staging folder and removes it if the task fails or is cancelled;
 this side writes the manifest and renames the folder into the store only after `run`
-returned, so an interrupted stage never looks complete.
+returned, so an interrupted stage never looks complete. A task retried after a system
+failure (its node died) starts from an empty staging folder and the scratch folder its
+first attempt left: the stage resumes from its checkpoints and task markers.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import shutil
 import sys
 import time
 import traceback
@@ -31,9 +34,8 @@ class StageJob:
     config: StageConfig
     pipeline_config: Any
     fingerprint: str
-    upstream: dict[str, Path]
     upstream_fingerprints: dict[str, str]
-    store_root: Path
+    store: Any  # pipeline.store.Store or pipeline.remote_store.RemoteStore
     staging: Path
     workdir: Path
     log_file: Path
@@ -84,9 +86,21 @@ def _clean_metrics(name: str, metrics: Mapping[str, Any] | None) -> dict[str, fl
     return clean
 
 
+def _empty(folder: Path) -> None:
+    """The staging folder as the driver made it: empty (a retried task's first attempt may have
+    written into it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for child in folder.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
 def execute(job: StageJob) -> Manifest:
     name = job.stage.name
-    store = Store(job.store_root)
+    store: Store = job.store
+    _empty(job.staging)
     job.log_file.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
     with open(job.log_file, "a", buffering=1) as sink:
@@ -97,7 +111,7 @@ def execute(job: StageJob) -> Manifest:
                 name=name,
                 config=job.config,
                 pipeline_config=job.pipeline_config,
-                upstream=dict(job.upstream),
+                upstream={n: store.materialize(n, fp) for n, fp in job.upstream_fingerprints.items()},
                 output_dir=job.staging,
                 scratch_dir=store.scratch(name, job.fingerprint),
                 workdir=job.workdir,

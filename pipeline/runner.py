@@ -15,15 +15,18 @@ from pathlib import Path
 
 from rich.console import Console
 
-from cluster import runtime
+from cluster import placement, runtime, storage
 from pipeline import lineage
 from pipeline.errors import UsageError
 from pipeline.execute import StageJob, execute
 from pipeline.graph import Plan, PlannedStage
 from pipeline.lineage import DatasetRef, Tracker
-from pipeline.store import Store
+from pipeline.store import Store, open_store
 
 VERSION = version("zero2hero")
+# A stage task lost to a system failure (its node died, its worker was OOM-killed) runs again,
+# resuming from its scratch folder; an exception raised by the stage's code is not retried.
+STAGE_TASK_RETRIES = 2
 
 
 @dataclass
@@ -42,6 +45,7 @@ class RunResult:
     run_id: str
     outcomes: list[StageOutcome]
     exit_code: int
+    report: Path | None = None  # the report card's HTML page (None: not written)
 
 
 def git_commit() -> str:
@@ -72,7 +76,7 @@ def worker_env(workdir: Path) -> dict[str, str]:
 
 
 def dataset_ref(store: Store, item: PlannedStage) -> DatasetRef:
-    return DatasetRef(name=item.name, digest=item.fingerprint, source=str(store.entry(item.name, item.fingerprint)))
+    return DatasetRef(name=item.name, digest=item.fingerprint, source=store.location(item.name, item.fingerprint))
 
 
 class Runner:
@@ -82,7 +86,7 @@ class Runner:
         self.command = command
         self.console = console or Console(stderr=True, highlight=False)
         self.workdir = self.config.run.workdir
-        self.store = Store(self.workdir / "store")
+        self.store = open_store(self.config.run.store, self.workdir)
         self.uri = self.config.run.tracking
 
     # -- set-up -------------------------------------------------------------------
@@ -97,10 +101,16 @@ class Runner:
         )
         if dashboard:
             self.console.print(f"[bold]z2h[/] Ray dashboard: {dashboard}")
-        for item in self.plan.selected:
-            if item.status == "run":
-                runtime.check_resources(item.name, item.resources.total_cpus, item.resources.total_gpus)
-        experiment = lineage.experiment_id(self.uri, self.config.run.name, self.workdir / "mlartifacts")
+        try:
+            self._check_cluster()
+        except BaseException:
+            runtime.stop()
+            raise
+        # A tracking server keeps artifacts where it is configured to; a local store beside itself.
+        served = self.uri.startswith(("http://", "https://", "databricks"))
+        experiment = lineage.experiment_id(
+            self.uri, self.config.run.name, None if served else self.workdir / "mlartifacts"
+        )
         parent = lineage.start_run(
             self.uri,
             experiment,
@@ -119,6 +129,18 @@ class Runner:
         parent.log_params({"run": resolved["run"], "cluster": resolved["cluster"]})
         parent.log_text(self.config.to_yaml(), "config.yaml")
         return address or "", parent
+
+    def _check_cluster(self) -> None:
+        """Shared storage on a multi-node cluster; every stage to run fits the nodes present."""
+        nodes = placement.alive_nodes()
+        storage.check(self.config.run, len(nodes))
+        if hasattr(self.store, "check"):
+            self.store.check()
+        if not self.config.cluster.check_resources:
+            return
+        for item in self.plan.selected:
+            if item.status == "run" and (problem := placement.problem(item.name, item.resources, nodes)):
+                raise UsageError(problem)
 
     def _stage_run(self, parent: Tracker, item: PlannedStage, extra_tags: dict[str, str]) -> Tracker:
         tags = {
@@ -140,6 +162,7 @@ class Runner:
         outcomes: list[StageOutcome] = []
         status = "FINISHED"
         failed = False
+        report: Path | None = None
         try:
             for item in self.plan.selected:
                 if failed:
@@ -148,9 +171,10 @@ class Runner:
                 if item.status == "cached":
                     outcomes.append(self._reuse(parent, item))
                     continue
-                outcome = self._execute(parent, item, address)
+                outcome = self._build(parent, item, address)
                 outcomes.append(outcome)
                 failed = outcome.status == "failed"
+            report = self._report(parent)
         except KeyboardInterrupt:
             status = "KILLED"
             self.console.print("[yellow]interrupted: Ray work cancelled, runs marked KILLED, no store entry kept[/]")
@@ -164,7 +188,7 @@ class Runner:
             lineage.end_run(parent, status)
             runtime.stop()
         exit_code = {"FINISHED": 0, "FAILED": 1, "KILLED": 130}[status]
-        return RunResult(parent.run_id, outcomes, exit_code)
+        return RunResult(parent.run_id, outcomes, exit_code, report)
 
     def _reuse(self, parent: Tracker, item: PlannedStage) -> StageOutcome:
         manifest = item.lookup.manifest
@@ -178,9 +202,30 @@ class Runner:
         self.console.print(f"  [cyan]cached[/]  {item.name:<10} {item.fingerprint}  (run {manifest.run_id})")
         return StageOutcome(item.name, "cached", 0.0, item.fingerprint, tracker.run_id, manifest.metrics)
 
+    def _build(self, parent: Tracker, item: PlannedStage, address: str) -> StageOutcome:
+        """Run the stage while holding its build lock; if another `z2h run` on this work dir
+        committed it meanwhile, reuse that entry instead."""
+
+        def waiting() -> None:
+            self.console.print(
+                f"  [yellow]waiting[/] {item.name:<10} {item.fingerprint}  another z2h run is building it"
+            )
+
+        with self.store.lock(item.name, item.fingerprint, on_wait=waiting):
+            if not item.forced:
+                item.lookup = self.store.lookup(item.name, item.fingerprint)
+                if item.lookup.hit:
+                    return self._reuse(parent, item)
+            return self._execute(parent, item, address)
+
     def _execute(self, parent: Tracker, item: PlannedStage, address: str) -> StageOutcome:
         import ray
 
+        if self.config.cluster.check_resources:  # nodes may have left since the run started
+            problem = placement.problem(item.name, item.resources, placement.alive_nodes())
+            if problem:
+                self.console.print(f"  [red]failed[/]  {item.name:<10} {problem}")
+                return StageOutcome(item.name, "failed", 0.0, item.fingerprint, "", {}, problem)
         tracker = self._stage_run(parent, item, {"z2h.cache": "miss"})
         staging = self.store.staging(item.name, item.fingerprint)
         log_file = self.workdir / "logs" / parent.run_id / f"{item.name}.log"
@@ -189,9 +234,8 @@ class Runner:
             config=item.config,
             pipeline_config=self.config,
             fingerprint=item.fingerprint,
-            upstream={n: self.store.entry(n, self.plan[n].fingerprint) for n in item.needs},
             upstream_fingerprints={n: self.plan[n].fingerprint for n in item.needs},
-            store_root=self.store.root,
+            store=self.store,
             staging=staging,
             workdir=self.workdir,
             log_file=log_file,
@@ -201,7 +245,7 @@ class Runner:
         )
         res = item.resources
         own = {"num_cpus": res.cpus, "num_gpus": res.gpus} if res.workers == 1 else {"num_cpus": 0}
-        task = ray.remote(max_retries=0, **own)(execute)
+        task = ray.remote(max_retries=STAGE_TASK_RETRIES, **own)(execute)
         self.console.print(f"  [blue]running[/] {item.name:<10} {item.fingerprint}  {res.describe()}")
         started = time.time()
         ref = task.remote(job)
@@ -242,6 +286,26 @@ class Runner:
     def _upload_log(tracker: Tracker, log_file: Path) -> None:
         if log_file.exists():
             tracker.log_artifact(log_file, "logs")
+
+    def _report(self, parent: Tracker) -> Path | None:
+        """The report card (markdown + self-contained HTML) under `<workdir>/reports/<run id>/`, logged
+        on the parent run as `report/`. A report that cannot be built never fails the run."""
+        from pipeline import report_card
+
+        try:
+            card = report_card.write(
+                self.uri,
+                parent.run_id,
+                self.workdir,
+                store=self.store,
+                resources={item.name: item.resources.describe() for item in self.plan.selected},
+                config_text=self.config.to_yaml(),
+                log=lambda folder: parent.log_artifact(folder, "report"),
+            )
+        except Exception as exc:
+            self.console.print(f"[yellow]z2h: no report card ({type(exc).__name__}: {exc})[/]")
+            return None
+        return card.html
 
 
 def _one_line(exc: BaseException) -> str:

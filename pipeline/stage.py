@@ -48,11 +48,14 @@ class Resources:
     `workers == 1`: the stage task itself holds `cpus`/`gpus` and does the work.
     `workers > 1`: the stage task is a zero-CPU coordinator that starts `workers` Ray
     workers (tasks, actors or a Ray Train group) of `cpus`/`gpus` each.
+    `group`: workers come in groups of this many that must share a node (a tensor-parallel
+    group); `workers` is a multiple of it.
     """
 
     cpus: float = 1.0
     gpus: float = 0.0
     workers: int = 1
+    group: int = 1
 
     @property
     def total_cpus(self) -> float:
@@ -64,7 +67,8 @@ class Resources:
 
     def describe(self) -> str:
         gpu = f" {self.gpus:g} GPU" if self.gpus else ""
-        return f"{self.workers}x({self.cpus:g} CPU{gpu})"
+        group = f" in node-local groups of {self.group}" if self.group > 1 else ""
+        return f"{self.workers}x({self.cpus:g} CPU{gpu}){group}"
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,15 @@ done: an interrupted stage never leaves an entry that looks complete.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -38,6 +41,7 @@ class Manifest:
     upstream: dict[str, str] = field(default_factory=dict)  # stage -> fingerprint
     created: float = field(default_factory=time.time)
     seconds: float = 0.0
+    upload: str = ""  # remote stores: the folder inside the entry holding the files ("" = the entry itself)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)  # metrics keep the order the stage gave them
@@ -84,11 +88,26 @@ class Lookup:
 
 
 class Store:
-    def __init__(self, root: Path):
+    """A store on a POSIX filesystem (local disk, or NFS/Lustre/... mounted by every node)."""
+
+    def __init__(self, root: Path, scratch_root: Path | None = None):
         self.root = Path(root)
+        self.scratch_root = Path(scratch_root) if scratch_root else self.root.parent / "scratch"
 
     def entry(self, stage: str, fingerprint: str) -> Path:
         return self.root / stage / fingerprint
+
+    def location(self, stage: str, fingerprint: str) -> str:
+        """Where the entry lives, as recorded in lineage (a path here, a URI for remote stores)."""
+        return str(self.entry(stage, fingerprint))
+
+    def materialize(self, stage: str, fingerprint: str) -> Path:
+        """A local folder holding the committed entry's files: the entry itself here."""
+        return self.entry(stage, fingerprint)
+
+    @property
+    def describe(self) -> str:
+        return str(self.root)
 
     def lookup(self, stage: str, fingerprint: str, *, checksums: bool = False) -> Lookup:
         """Find a committed entry and verify it: every listed file present with its size
@@ -150,9 +169,56 @@ class Store:
 
     def scratch(self, stage: str, fingerprint: str) -> Path:
         """Per-fingerprint folder that survives crashes (checkpoints, task markers)."""
-        folder = self.root.parent / "scratch" / stage / fingerprint
+        folder = self.scratch_root / stage / fingerprint
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
     def clean_scratch(self, stage: str, fingerprint: str) -> None:
-        shutil.rmtree(self.root.parent / "scratch" / stage / fingerprint, ignore_errors=True)
+        shutil.rmtree(self.scratch_root / stage / fingerprint, ignore_errors=True)
+
+    def lock(self, stage: str, fingerprint: str, on_wait: Callable[[], None] | None = None):
+        return build_lock(self.scratch_root, stage, fingerprint, on_wait)
+
+
+@contextlib.contextmanager
+def build_lock(
+    scratch_root: Path, stage: str, fingerprint: str, on_wait: Callable[[], None] | None = None
+) -> Iterator[None]:
+    """Held by the one `z2h run` building `stage/fingerprint`: runs sharing a work dir never write
+    the same scratch folder at once. An flock, so the kernel releases it when its holder dies
+    (and NFSv4 carries it between nodes). `on_wait` is called once if another run holds it."""
+    path = scratch_root / stage / f".{fingerprint}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        waited = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waited and on_wait is not None:
+                    on_wait()
+                waited = True
+                time.sleep(0.5)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def is_uri(text: str) -> bool:
+    """`s3://...`, `gs://...`, `file://...`: a URI with a scheme (not a plain path)."""
+    scheme, sep, _ = str(text).partition("://")
+    return bool(sep) and scheme.replace("+", "").replace("-", "").isalnum()
+
+
+def open_store(store: str | Path | None, workdir: Path):
+    """The store for `run.store`: a plain path (default `<workdir>/store`) is a `Store`; an fsspec
+    URI (`s3://`, `gs://`, `file://`, ...) is a `RemoteStore` that stages and caches under `workdir`."""
+    if store is None:
+        return Store(workdir / "store", workdir / "scratch")
+    if is_uri(str(store)):
+        from pipeline.remote_store import RemoteStore
+
+        return RemoteStore(str(store), workdir)
+    return Store(Path(store), workdir / "scratch")

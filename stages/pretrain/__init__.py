@@ -9,7 +9,8 @@ from stages.pretrain.run import run
 
 
 def resources(cfg: PretrainConfig) -> Resources:
-    return Resources(cpus=cfg.cpus_per_worker, gpus=cfg.gpus_per_worker, workers=cfg.world)
+    # TP groups share a node (TP innermost): the runner checks the cluster holds whole groups.
+    return Resources(cpus=cfg.cpus_per_worker, gpus=cfg.gpus_per_worker, workers=cfg.world, group=cfg.tp)
 
 
 def summary(cfg: PretrainConfig, pipeline: Any) -> str:

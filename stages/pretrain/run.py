@@ -72,7 +72,11 @@ def run(ctx: StageContext) -> dict[str, float]:
 
 def _fit(ctx: StageContext, job: Job):
     """The Ray Train group (the stage task itself holds no resources); restarts from the last
-    checkpoint on a worker failure, up to `max_failures` times."""
+    checkpoint on a worker failure, up to `max_failures` times.
+
+    PACK fills nodes one after another and Ray Train numbers ranks node by node, so with TP
+    innermost a TP group lands on one node whenever each node holds whole groups (the runner
+    checks the cluster can, `_placement` checks it happened); PP and DP span nodes."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -82,7 +86,10 @@ def _fit(ctx: StageContext, job: Job):
         train_loop_per_worker=_worker,
         train_loop_config={"job": job},
         scaling_config=ScalingConfig(
-            num_workers=cfg.world, use_gpu=cfg.gpus_per_worker > 0, resources_per_worker=per_worker
+            num_workers=cfg.world,
+            use_gpu=cfg.gpus_per_worker > 0,
+            resources_per_worker=per_worker,
+            placement_strategy="PACK",
         ),
         run_config=RunConfig(
             name=f"pretrain-{ctx.fingerprint[:12]}-{int(time.time())}",
@@ -98,14 +105,43 @@ def _worker(config: dict) -> None:
     import ray.train
 
     job: Job = config["job"]
+    placement = _placement(job.cfg.tp)
     result = train(job)
     if ray.train.get_context().get_world_rank() != 0:
         ray.train.report({}, checkpoint=None)
         return
-    _write_stats(job, result.metrics)
+    _write_stats(job, result.metrics, placement)
     ray.train.report(result.metrics, checkpoint=ray.train.Checkpoint.from_directory(str(job.export_dir.parent)))
 
 
-def _write_stats(job: Job, metrics: dict[str, float]) -> None:
+def _placement(tp: int) -> list[dict]:
+    """Every rank's node, gathered from all ranks; a TP group split across nodes is refused (its
+    per-layer collectives would cross the network)."""
+    import ray
+    import ray.train
+    import torch.distributed as dist
+
+    context = ray.train.get_context()
+    mine = {
+        "rank": context.get_world_rank(),
+        "node": ray.get_runtime_context().get_node_id(),
+        "node_rank": context.get_node_rank(),
+        "local_rank": context.get_local_rank(),
+    }
+    everyone: list = [None] * context.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    for first in range(0, len(everyone), tp):
+        nodes = {p["node"] for p in everyone[first : first + tp]}
+        if len(nodes) > 1:
+            raise RuntimeError(
+                f"tensor-parallel group of ranks {first}-{first + tp - 1} landed on {len(nodes)} nodes: "
+                f"choose tp so that every node holds whole groups (tp={tp})"
+            )
+    return everyone
+
+
+def _write_stats(job: Job, metrics: dict[str, float], placement: list[dict] | None = None) -> None:
     stats = {"metrics": metrics, "config": job.cfg.model_dump(mode="json")}
+    if placement:
+        stats["placement"] = placement
     (job.export_dir.parent / "train_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
