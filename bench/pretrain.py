@@ -126,12 +126,14 @@ def torchrun_main(args: argparse.Namespace) -> int:
     from stages.pretrain.mesh import ensure_process_group, pick_device
 
     ensure_process_group(pick_device(args.device == "cuda"))
-    dist.barrier()
+    if dist.is_initialized():  # one process (WORLD_SIZE=1) trains without a group
+        dist.barrier()
     metrics = train(Job(cfg, folder / "shards", folder / f"ckpt-{int(time.time())}", seed=0)).metrics
     if rank == 0:
         keys = ("tokens_per_s", "mfu", "peak_flops", "params")
         print(json.dumps({"mesh": {"dp": args.dp, "tp": args.tp, "pp": args.pp}, **{k: metrics[k] for k in keys}}))
-    dist.destroy_process_group()
+    if dist.is_initialized():
+        dist.destroy_process_group()
     return 0
 
 
