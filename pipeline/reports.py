@@ -27,6 +27,8 @@ def print_summary(result, plan, console: Console) -> None:
             outcome.name, f"[{colour}]{outcome.status}[/]", f"{outcome.seconds:.1f}", outcome.fingerprint, detail
         )
     console.print(table)
+    if result.report:
+        console.print(f"[bold]report:[/] {result.report}  (report.md beside it; on the MLflow run too)", soft_wrap=True)
 
 
 def _duration(info) -> str:
