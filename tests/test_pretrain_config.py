@@ -37,12 +37,23 @@ def validate(**pretrain) -> config_io.PipelineConfig:
         ({"dp": 3}, "batch_tokens: 2048 is not a multiple of micro_batch*seq_len*dp=1536"),
         ({"dp": 2, "tp": 2, "workers": 2}, "workers: 2 != dp*tp*pp = 2*2*1 = 4"),
         ({"model": {**MODEL, "n_head": 6}}, "model.n_head: 6 does not divide d_model=128"),
+        ({"pp": 2, "pp_layers": [1, 2]}, "pp_layers: [1, 2] must be >= 1 each and sum to n_layer=4"),
+        ({"pp": 2, "pp_layers": [0, 4]}, "pp_layers: [0, 4] must be >= 1 each"),
+        ({"pp": 2, "pp_layers": [4]}, "pp_layers: 1 entries for 2 pipeline stages"),
+        ({"pp_layers": [4]}, "pp_layers: set, but pp=1"),
+        ({"dp": 2, "tp": 2, "dp_mode": "ddp"}, "dp_mode: ddp replicates whole models and composes with neither"),
     ],
 )
 def test_impossible_settings_are_rejected_with_the_reason(settings: dict, message: str) -> None:
     with pytest.raises(UsageError, match="invalid config") as info:
         validate(**settings)
     assert message in str(info.value)
+
+
+def test_an_uneven_pipeline_split_is_accepted() -> None:
+    cfg = validate(pp=2, pp_layers=[1, 3]).stages["pretrain"]
+    assert cfg.stage_layers() == [range(0, 1), range(1, 4)]
+    assert validate(pp=2).stages["pretrain"].stage_layers() == [range(0, 2), range(2, 4)]
 
 
 def test_a_full_mesh_is_accepted_and_sized() -> None:

@@ -62,3 +62,19 @@ def test_activation_checkpointing_changes_nothing(shards: Path, reference, tmp_p
 def test_bf16_autocast_stays_near_fp32(mesh: dict, shards: Path, reference, tmp_path: Path) -> None:
     (want, _), (got, _) = reference, trained(shards, tmp_path, precision="bf16", **mesh)
     assert got["losses"] == pytest.approx(want["losses"], abs=0.05)
+
+
+# The mesh variants beyond the four above: an uneven pipeline split, DDP instead of FSDP2, and TP
+# with the logits gathered (loss_parallel off; the four above run it on).
+VARIANTS = {
+    "pp2-uneven-layers": dict(pp=2, pp_layers=[1, 3]),
+    "dp2-ddp": dict(dp=2, dp_mode="ddp"),
+    "tp2-gathered-logits": dict(tp=2, loss_parallel=False),
+}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_variant_matches_single_process(name: str, shards: Path, reference, tmp_path: Path) -> None:
+    (want, _), (got, _) = reference, trained(shards, tmp_path, **VARIANTS[name])
+    assert got["losses"] == pytest.approx(want["losses"], abs=1e-5)
+    assert got["grad_norms"] == pytest.approx(want["grad_norms"], rel=1e-5)

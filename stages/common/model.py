@@ -160,7 +160,7 @@ class Block(nn.Module):
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None, layer: int = 0
     ) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin, cache, layer)
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache=cache, layer=layer)  # TP plans see 3 args
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -188,7 +188,7 @@ class GPT(nn.Module):
             positions = cache.begin(time)
             cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)
         for index, layer in enumerate(self.layers.values()):
-            h = layer(h, cos, sin, cache, index)
+            h = layer(h, cos, sin, cache=cache, layer=index)
         if cache is not None:
             cache.commit(time)
         if self.norm is not None:

@@ -39,13 +39,20 @@ class ModelSection(BaseModel):
 class PretrainConfig(StageConfig):
     model: ModelSection = Field(default_factory=ModelSection)
     # Mesh (pp, dp, tp), TP innermost. workers = dp * tp * pp.
-    dp: int = Field(1, ge=1, description="data-parallel degree (FSDP2 fully_shard)")
+    dp: int = Field(1, ge=1, description="data-parallel degree")
+    dp_mode: Literal["fsdp", "ddp"] = Field(
+        "fsdp", description="fsdp: FSDP2 fully_shard (shards weights and optimiser state); ddp: replicated weights"
+    )
     tp: int = Field(1, ge=1, description="tensor-parallel degree (DTensor, sequence parallel)")
     pp: int = Field(1, ge=1, description="pipeline-parallel degree (torch.distributed.pipelining)")
     workers: int | None = Field(None, ge=1, description="optional cross-check: must equal dp * tp * pp")
     pp_schedule: Schedule = "1f1b"
     pp_microbatches: int = Field(2, ge=1, description="pipeline microbatches per micro-step")
     stages_per_rank: int = Field(2, ge=1, description="model chunks per pipeline rank (interleaved_1f1b only)")
+    pp_layers: list[int] | None = Field(
+        None, description="layers per pipeline stage, first to last (e.g. [1, 3]: lighter first stage); None: even"
+    )
+    loss_parallel: bool = Field(True, description="tp > 1: the loss reads vocab-sharded logits, never gathering them")
     # Batch: `micro_batch` sequences per dp rank per forward/backward, accumulated to `batch_tokens`.
     micro_batch: int = Field(8, ge=1)
     batch_tokens: int = Field(16_384, ge=1, description="tokens per optimiser step, all ranks together")
@@ -86,6 +93,12 @@ class PretrainConfig(StageConfig):
         """Pipeline stages in all: one per pp rank, or `stages_per_rank` each when interleaved."""
         return self.pp * (self.stages_per_rank if self.pp_schedule == "interleaved_1f1b" and self.pp > 1 else 1)
 
+    def stage_layers(self) -> list[range]:
+        """The global layer indices of each pipeline stage."""
+        counts = self.pp_layers or [self.model.n_layer // self.n_stages] * self.n_stages
+        starts = [sum(counts[:i]) for i in range(len(counts))]
+        return [range(start, start + count) for start, count in zip(starts, counts, strict=True)]
+
     @property
     def accumulation(self) -> int:
         return self.batch_tokens // (self.micro_batch * self.model.seq_len * self.dp)
@@ -108,8 +121,17 @@ class PretrainConfig(StageConfig):
             found.append(f"tp: {self.tp} does not divide the MLP width {m.gpt(vocab_size=256).hidden_dim}")
         if m.seq_len % self.tp:
             found.append(f"tp: {self.tp} does not divide seq_len={m.seq_len} (sequence parallel)")
-        if m.n_layer % self.n_stages:
-            found.append(f"pp: {self.n_stages} pipeline stages do not divide n_layer={m.n_layer}")
+        if self.pp_layers is not None:
+            if self.pp == 1:
+                found.append("pp_layers: set, but pp=1 (no pipeline to split)")
+            elif len(self.pp_layers) != self.n_stages:
+                found.append(f"pp_layers: {len(self.pp_layers)} entries for {self.n_stages} pipeline stages")
+            elif min(self.pp_layers) < 1 or sum(self.pp_layers) != m.n_layer:
+                found.append(f"pp_layers: {self.pp_layers} must be >= 1 each and sum to n_layer={m.n_layer}")
+        elif m.n_layer % self.n_stages:
+            found.append(f"pp: {self.n_stages} pipeline stages do not divide n_layer={m.n_layer} (or set pp_layers)")
+        if self.dp_mode == "ddp" and (self.tp > 1 or self.pp > 1):
+            found.append("dp_mode: ddp replicates whole models and composes with neither tp nor pp; use fsdp")
         if self.pp > 1 and self.micro_batch % self.pp_microbatches:
             found.append(f"pp_microbatches: {self.pp_microbatches} does not divide micro_batch={self.micro_batch}")
         if self.pp_schedule == "interleaved_1f1b" and self.pp > 1 and self.pp_microbatches % self.pp:

@@ -2,6 +2,8 @@
 
 Without PP this is `loss.backward()`. With PP the batch goes through a
 `torch.distributed.pipelining` schedule in microbatches; only the last stage sees the loss.
+With TP and loss_parallel the logits are a DTensor sharded on the vocabulary: the loss and its
+backward run under `loss_parallel()`, and the losses reported are plain tensors again.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import contextlib
 
 import torch
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor.parallel import loss_parallel
 
 from stages.common.model import GPT, GPTConfig, cross_entropy
 from stages.pretrain.config import PretrainConfig
@@ -63,10 +67,14 @@ class Engine:
             return ScheduleInterleaved1F1B(stages, cfg.pp_microbatches, loss_fn=self.loss_fn, scale_grads=False)
         return SCHEDULES[cfg.pp_schedule](stages[0], cfg.pp_microbatches, loss_fn=self.loss_fn, scale_grads=False)
 
-    def autocast(self) -> contextlib.AbstractContextManager:
+    def autocast(self) -> contextlib.ExitStack:
+        """bf16 autocast if configured, and the vocab-parallel loss if the logits are sharded."""
+        contexts = contextlib.ExitStack()
         if self.cfg.precision == "bf16":
-            return torch.autocast(self.mesh.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+            contexts.enter_context(torch.autocast(self.mesh.device.type, dtype=torch.bfloat16))
+        if self.cfg.tp > 1 and self.cfg.loss_parallel:
+            contexts.enter_context(loss_parallel())
+        return contexts
 
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor, scale: float) -> torch.Tensor | None:
         """Accumulate gradients of `scale * loss`; returns this rank's mean loss, or None off the last stage."""
@@ -74,23 +82,23 @@ class Engine:
             if self.schedule is None:
                 loss = cross_entropy(self.parts[0][1](inputs), targets)
                 (loss * scale).backward()
-                return loss.detach()
+                return _plain(loss.detach())
             # The schedule's own grad scaling would also rescale gradients accumulated by earlier
             # micro-steps, so the loss carries the 1/microbatches factor instead.
             self.loss_fn.scale = scale / self.cfg.pp_microbatches
             losses: list[torch.Tensor] = []
             self.schedule.step(*self._args(inputs), target=targets if self.has_last else None, losses=losses)
-        return torch.stack(losses).mean().detach() / self.loss_fn.scale if self.has_last else None
+        return _mean(losses) / self.loss_fn.scale if self.has_last else None
 
     @torch.no_grad()
     def eval_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
         with self.autocast():
             if self.schedule is None:
-                return cross_entropy(self.parts[0][1](inputs), targets)
+                return _plain(cross_entropy(self.parts[0][1](inputs), targets))
             self.loss_fn.scale = 1.0
             losses: list[torch.Tensor] = []
             self.schedule.eval(*self._args(inputs), target=targets if self.has_last else None, losses=losses)
-        return torch.stack(losses).mean() if self.has_last else None
+        return _mean(losses) if self.has_last else None
 
     def _args(self, inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return (inputs,) if self.has_first else ()
@@ -98,3 +106,11 @@ class Engine:
     def set_train(self, mode: bool) -> None:
         for _, module in self.parts:
             module.train(mode)
+
+
+def _plain(loss: torch.Tensor) -> torch.Tensor:
+    return loss.full_tensor() if isinstance(loss, DTensor) else loss
+
+
+def _mean(losses: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([_plain(loss.detach()) for loss in losses]).mean()

@@ -1,5 +1,5 @@
 """Turn one plain GPT into this rank's parallel pieces, torchtitan's order:
-pipeline split -> tensor parallel -> activation checkpointing -> compile -> FSDP2.
+pipeline split -> tensor parallel -> activation checkpointing -> compile -> FSDP2 (or DDP).
 
 The model file knows nothing of this. Every rank starts from the same fully initialised model
 (`build` draws all weights from one seeded generator, so the weights do not depend on which
@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 
 from torch import nn
+from torch.distributed._composable.replicate import replicate
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import Replicate, Shard
@@ -33,13 +34,13 @@ def stage_indices(cfg: PretrainConfig, pp_rank: int) -> list[int]:
     return list(range(pp_rank, cfg.n_stages, cfg.pp))
 
 
-def pipeline_piece(full: GPT, stage: int, n_stages: int) -> GPT:
-    """A deep copy of `full` keeping only stage `stage`'s contiguous, equal share of the layers;
+def pipeline_piece(full: GPT, stage: int, layers: list[range]) -> GPT:
+    """A deep copy of `full` keeping only stage `stage`'s contiguous layers (`layers[stage]`);
     the embedding lives on the first stage, final norm and head on the last. Layer keys keep
     their global index, so parameter names are the same on every mesh (checkpoints reshard)."""
     piece = copy.deepcopy(full)
-    per_stage = full.cfg.n_layer // n_stages
-    keep = {str(i) for i in range(stage * per_stage, (stage + 1) * per_stage)}
+    n_stages = len(layers)
+    keep = {str(i) for i in layers[stage]}
     for name in list(piece.layers):
         if name not in keep:
             del piece.layers[name]
@@ -51,13 +52,15 @@ def pipeline_piece(full: GPT, stage: int, n_stages: int) -> GPT:
     return piece
 
 
-def tensor_parallel(model: GPT, mesh: Mesh, first: bool, last: bool) -> None:
+def tensor_parallel(model: GPT, mesh: Mesh, first: bool, last: bool, loss_parallel: bool) -> None:
     """Megatron-style column/row splits with sequence parallelism between blocks.
 
     The residual stream stays a DTensor sharded on the sequence (Shard(1)), so `model.forward`
     sees the global sequence length for its RoPE tables. Attention and the MLP gather the
     sequence, run on local head/width shards, and reduce-scatter back. Attention itself runs on
-    local tensors because SDPA does not accept DTensors on CPU."""
+    local tensors because SDPA does not accept DTensors on CPU. With `loss_parallel` the head's
+    logits stay sharded on the vocabulary (the loss runs under `loss_parallel()`, see engine.py):
+    no rank ever holds (batch, time, vocab)."""
     tp = mesh.sub("tp")
     plan: dict[str, object] = {}
     if first:
@@ -66,7 +69,11 @@ def tensor_parallel(model: GPT, mesh: Mesh, first: bool, last: bool) -> None:
         )
     if last:
         plan["norm"] = SequenceParallel(use_local_output=False)
-        plan["output"] = ColwiseParallel(input_layouts=Shard(1), output_layouts=Replicate())
+        plan["output"] = ColwiseParallel(
+            input_layouts=Shard(1),
+            output_layouts=Shard(-1) if loss_parallel else Replicate(),
+            use_local_output=not loss_parallel,
+        )
     for name, block in model.layers.items():
         prefix = f"layers.{name}."
         plan[prefix + "attn_norm"] = SequenceParallel(use_local_output=False)
@@ -117,8 +124,12 @@ def wrap_blocks(model: GPT, cfg: PretrainConfig) -> None:
 
 def data_parallel(model: GPT, mesh: Mesh, cfg: PretrainConfig) -> None:
     """FSDP2 over the dp axis, one unit per block plus the rest. Under pipelining, keep gathered
-    weights between microbatches instead of re-gathering them for each."""
+    weights between microbatches instead of re-gathering them for each. `dp_mode: ddp` replicates
+    the model instead (composable DDP: parameter names stay those of the plain model)."""
     dp = mesh.sub("dp")
+    if cfg.dp_mode == "ddp":
+        replicate(model, device_mesh=dp)
+        return
     reshard = cfg.pp == 1
     for block in model.layers.values():
         fully_shard(block, mesh=dp, reshard_after_forward=reshard)
@@ -132,10 +143,11 @@ def parallelize(full: GPT, cfg: PretrainConfig, mesh: Mesh) -> list[tuple[int, G
         return [(0, full.to(mesh.device))]
     pieces = []
     for stage in stage_indices(cfg, mesh.coordinate("pp")):
-        piece = pipeline_piece(full, stage, cfg.n_stages) if cfg.pp > 1 else full
+        piece = pipeline_piece(full, stage, cfg.stage_layers()) if cfg.pp > 1 else full
         piece.to(mesh.device)
         if cfg.tp > 1:
-            tensor_parallel(piece, mesh, first=stage == 0, last=stage == cfg.n_stages - 1)
+            last = stage == cfg.n_stages - 1
+            tensor_parallel(piece, mesh, first=stage == 0, last=last, loss_parallel=cfg.loss_parallel)
         wrap_blocks(piece, cfg)
         if cfg.dp > 1:
             data_parallel(piece, mesh, cfg)
