@@ -12,6 +12,7 @@ import sys
 import traceback
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline import config as config_io
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"z2h {args.command} needs a config, e.g. `z2h {args.command} configs/tiny.yaml`")
         return COMMANDS[args.command](args, stages, console)
     except UsageError as exc:
-        console.print(f"[red]z2h: error:[/] {exc}")
+        console.print(f"[red]z2h: error:[/] {escape(str(exc))}", soft_wrap=True)  # one line, never re-wrapped
         return exc.exit_code
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")

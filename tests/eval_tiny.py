@@ -86,7 +86,7 @@ def write_tokenizer_entry(store: Path, fingerprint: str = FINGERPRINTS["tokenize
     tok = tokenizer()
     tok.save(entry / "tokenizer")
     writer = ShardWriter(entry / "shards", "val", tok.dtype, shard_tokens=1_000_000)
-    docs = [np.asarray([tok.bos_id, *tok.encode(topics[name])], dtype=np.int64) for name in sorted(topics)[80:140]]
+    docs = [np.asarray([tok.bos_id, *tok.encode(topics[name])], dtype=np.int64) for name in sorted(topics)[60:]]
     writer.add(np.concatenate(docs), np.asarray([len(d) for d in docs]))
     write_index(entry / "shards", tok.dtype, tok.vocab_size, tok.bos_id, {"val": writer.close()})
     _manifest(entry, "tokenizer", {}, 1.0)

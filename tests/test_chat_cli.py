@@ -1,0 +1,180 @@
+"""`z2h chat` and `z2h sample` on a tiny store: a real session through a pseudo-terminal, one-shot
+completions, and the one-line refusals (unknown run id, a folder without a model, a tokenizer that
+does not belong to the model)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import pty
+import select
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from eval_tiny import write_store
+
+from pipeline import cli
+from stages.common.tokenizer import Tokenizer
+from stages.eval.chat import Conversation, Loaded, TextStream, chat_loop
+from stages.eval.models import fingerprint
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("chat")
+    write_store(folder)
+    return folder
+
+
+class Terminal:
+    """A child process on a pseudo-terminal: type into it, wait for what it prints."""
+
+    def __init__(self, argv: list[str]):
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: its stdin/stdout/stderr are the terminal
+            os.execv(argv[0], argv)
+        self.seen = ""
+
+    def expect(self, text: str, timeout: float = 90.0) -> str:
+        deadline = time.monotonic() + timeout
+        while text not in self.seen:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"waited {timeout} s for {text!r}; the terminal shows:\n{self.seen[-2000:]}")
+            ready, _, _ = select.select([self.fd], [], [], left)
+            if ready:
+                try:
+                    chunk = os.read(self.fd, 4096)
+                except OSError:  # the child closed the terminal
+                    chunk = b""
+                if not chunk:
+                    raise AssertionError(f"the child exited before printing {text!r}:\n{self.seen[-2000:]}")
+                self.seen += chunk.decode("utf-8", "replace")
+        found = self.seen
+        self.seen = self.seen[self.seen.index(text) + len(text) :]
+        return found
+
+    def send(self, keys: str) -> None:
+        os.write(self.fd, keys.encode())
+
+    def exit_status(self, timeout: float = 30.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                os.read(self.fd, 4096)  # drain, so the child never blocks on a full terminal
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                os.close(self.fd)
+                return os.waitstatus_to_exitcode(status)
+            time.sleep(0.05)
+        os.kill(self.pid, 9)
+        raise AssertionError("the chat did not exit")
+
+
+def z2h(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline.cli", *args]
+
+
+@pytest.mark.slow
+def test_chat_through_a_pseudo_terminal_answers_resets_and_exits_cleanly(workdir):
+    session = Terminal(z2h("chat", "--workdir", str(workdir), "--temperature", "0", "--max-new-tokens", "12"))
+    banner = session.expect("you> ")
+    assert "sft/sft0000000000000000c" in banner  # the latest model: no rl in the store, so sft
+    session.send("What is 2 + 3?\r")
+    reply = session.expect("you> ")
+    assert "model> " in reply and len(reply.split("model> ", 1)[1].strip()) > 0
+    session.send("And then?\r")
+    session.expect("model> ")
+    session.expect("you> ")
+    session.send("/reset\r")
+    session.expect("[conversation cleared]")
+    session.expect("you> ")
+    session.send("\x04")  # Ctrl-D at the prompt
+    assert session.exit_status() == 0
+    assert "Traceback" not in session.seen
+
+    interrupted = Terminal(z2h("chat", "pretrain", "--workdir", str(workdir)))
+    assert "never taught the chat format" in interrupted.expect("you> ")
+    interrupted.send("\x03")  # Ctrl-C at the prompt
+    assert interrupted.exit_status() == 0
+    assert "Traceback" not in interrupted.seen
+
+
+def test_chat_loop_keeps_the_conversation_and_obeys_its_commands(workdir):
+    from stages.common.model import load_pretrained
+    from stages.common.tokenizer import load
+
+    store = workdir / "store"
+    tokenizer = load(store / "tokenizer" / "tok0000000000000000a" / "tokenizer")
+    model = load_pretrained(store / "sft" / "sft0000000000000000c" / "model").eval()
+    loaded = Loaded(model, tokenizer, "sft", "sft/test")
+    from stages.common.generate import Sampling
+
+    typed = iter(["first question", "second question", "/bogus", "/reset", "third", "/quit", "never read"])
+    out = io.StringIO()
+    seen_prompts = []
+
+    def read(prompt: str) -> str:
+        seen_prompts.append(prompt)
+        return next(typed)
+
+    assert chat_loop(loaded, Sampling(max_new_tokens=6), seed=0, read=read, out=out) == 0
+    text = out.getvalue()
+    assert text.count("model> ") == 3 and "unknown command /bogus" in text and "[conversation cleared]" in text
+    assert len(seen_prompts) == 6  # stopped reading at /quit
+
+    conversation = Conversation(tokenizer, seq_len=64, min_reply=8)
+    conversation.add("hello", "hi there")
+    ids, notes = conversation.prompt("how are you?")
+    assert tokenizer.decode(ids).count("<|user_start|>") == 2 and not notes  # context kept
+    conversation.add("how are you?", "fine " * 10)
+    before = list(conversation.messages)
+    ids, notes = conversation.prompt("and now?")
+    assert len(ids) <= 56 and notes and "forgot the oldest" in notes[0]
+    kept = conversation.messages
+    assert len(kept) < len(before) and before[len(before) - len(kept) :] == kept  # the oldest went first
+    conversation.add("x", " ")  # an empty reply is not a turn
+    assert conversation.messages == kept
+
+
+def test_streamed_text_never_splits_a_character():
+    tokenizer = Tokenizer.from_ranks({bytes([b]): b for b in range(256)})
+    stream = TextStream(tokenizer)
+    text = "".join(stream.push(b) for b in "héllo 🙂".encode()) + stream.flush()
+    assert text == "héllo 🙂"
+
+
+def test_sample_gives_reproducible_one_shot_completions(workdir, capsys):
+    args = ["sample", "pretrain", "--workdir", str(workdir), "-p", "The answer is", "-n", "2", "--json"]
+    assert cli.main([*args, "--seed", "3"]) == 0
+    first = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["sample"] for r in first] == [0, 1] and all(r["prompt"] == "The answer is" for r in first)
+    assert cli.main([*args, "--seed", "3"]) == 0
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == first
+    assert cli.main(["sample", "sft", "--workdir", str(workdir), "-p", "Hi", "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.startswith("you> Hi\nmodel> ")  # a chat model gets the chat template
+
+
+def test_unknown_targets_get_one_line_that_lists_what_exists(workdir, capsys, tmp_path):
+    assert cli.main(["chat", "0123456789abcdef0123456789abcdef", "--workdir", str(workdir)]) == 2
+    error = " ".join(capsys.readouterr().err.split())
+    assert "no run or model '0123456789abcdef0123456789abcdef'" in error
+    assert "sft/sft0000000000000000c" in error and "pretrain/pre0000000000000000b" in error
+    assert cli.main(["sample", str(tmp_path), "--workdir", str(workdir), "-p", "x"]) == 2
+    assert "holds no model" in capsys.readouterr().err
+
+
+def test_a_model_with_another_tokenizer_is_refused_with_both_fingerprints(workdir, capsys, tmp_path):
+    other = Tokenizer.from_ranks({bytes([b]): b for b in range(256)})
+    other.save(tmp_path / "other")
+    assert cli.main(["chat", "sft", "--workdir", str(workdir), "--tokenizer", str(tmp_path / "other")]) == 2
+    error = " ".join(capsys.readouterr().err.split())
+    from stages.common.tokenizer import load
+
+    mine = load(workdir / "store" / "tokenizer" / "tok0000000000000000a" / "tokenizer")
+    assert "tokenizer mismatch" in error
+    assert fingerprint(other).split()[0] in error and fingerprint(mine).split()[0] in error
