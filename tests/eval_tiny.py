@@ -94,10 +94,10 @@ def write_tokenizer_entry(store: Path, fingerprint: str = FINGERPRINTS["tokenize
 
 
 def write_model_entry(
-    store: Path, stage: str, upstream: dict[str, str], seed: int, created: float, seq_len: int = 128
+    store: Path, stage: str, upstream: dict[str, str], seed: int, created: float, fingerprint: str | None = None
 ) -> Path:
-    entry = store / stage / FINGERPRINTS.get(stage, f"{stage}{seed:017d}")
-    cfg = GPTConfig(vocab_size=VOCAB, seq_len=seq_len, n_layer=2, n_head=4, d_model=64)
+    entry = store / stage / (fingerprint or FINGERPRINTS.get(stage, f"{stage}{seed:017d}"))
+    cfg = GPTConfig(vocab_size=VOCAB, seq_len=128, n_layer=2, n_head=4, d_model=64)
     save_pretrained(build(cfg, seed=seed), entry / "model")
     _manifest(entry, stage, upstream, created)
     return entry
