@@ -25,6 +25,7 @@ EPILOG = """examples:
   z2h run configs/tiny.yaml --until tokenizer     run tokenizer and everything it needs
   z2h run configs/tiny.yaml --stage tokenizer     rerun one stage from cached upstreams
   z2h run configs/tiny.yaml --force data --set stages.data.tasks=8
+  z2h run configs/gpt-1b-multinode.yaml --address head:6379   on a running Ray cluster
   z2h plan configs/tiny.yaml                      show the DAG, fingerprints and cache status
   z2h runs configs/tiny.yaml                      recent pipeline runs from MLflow
   z2h ui configs/tiny.yaml                        MLflow UI on 127.0.0.1
@@ -86,6 +87,11 @@ def build_parser(stages: dict) -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the pipeline (cached stages are reused)")
     _config_args(run)
     _selection_args(run)
+    run.add_argument(
+        "--address",
+        metavar="HOST:PORT",
+        help="run on this Ray cluster (same as --set cluster.address=...; default: RAY_ADDRESS, else embedded Ray)",
+    )
 
     plan = sub.add_parser("plan", help="print the DAG with fingerprints, cache status and resources; runs nothing")
     _config_args(plan)
@@ -99,6 +105,7 @@ def build_parser(stages: dict) -> argparse.ArgumentParser:
     ui = sub.add_parser("ui", help="serve the MLflow UI for this work dir on 127.0.0.1")
     _config_args(ui)
     ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--workers", type=int, default=1, help="server processes (default 1: one user, starts fastest)")
 
     for stage in stages.values():
         for name, command in stage.commands.items():
@@ -110,7 +117,9 @@ def build_parser(stages: dict) -> argparse.ArgumentParser:
 
 def _load(args: argparse.Namespace, stages: dict) -> config_io.PipelineConfig:
     files = ([args.config] if args.config else []) + args.config_file
-    return config_io.load(files, args.overrides, stages)
+    address = getattr(args, "address", None)
+    overrides = [*args.overrides, *([f"cluster.address={address}"] if address else [])]
+    return config_io.load(files, overrides, stages)
 
 
 def _selection(args: argparse.Namespace) -> graph.Selection:
@@ -201,6 +210,8 @@ def cmd_ui(args: argparse.Namespace, stages: dict, console: Console) -> int:
         "127.0.0.1",
         "--port",
         str(args.port),
+        "--workers",  # MLflow's default is 4, each importing mlflow: slow to start on a small machine
+        str(args.workers),
     ]
     try:
         return subprocess.call(command)

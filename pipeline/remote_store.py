@@ -194,6 +194,12 @@ class RemoteStore:
     def discard(self, staging: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
+    def clear_staging(self, stage: str, fingerprint: str) -> None:
+        """Remove local staging folders left by runs that died (uploads without a manifest stay:
+        they are invisible, and a racing writer may still be finishing one)."""
+        for debris in (self.staging_root / stage).glob(f"{_STAGING_PREFIX}{fingerprint}-*"):
+            shutil.rmtree(debris, ignore_errors=True)
+
     def scratch(self, stage: str, fingerprint: str) -> Path:
         folder = self.scratch_root / stage / fingerprint
         folder.mkdir(parents=True, exist_ok=True)

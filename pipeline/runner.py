@@ -216,6 +216,7 @@ class Runner:
                 item.lookup = self.store.lookup(item.name, item.fingerprint)
                 if item.lookup.hit:
                     return self._reuse(parent, item)
+            self.store.clear_staging(item.name, item.fingerprint)  # left by a run that was killed
             return self._execute(parent, item, address)
 
     def _execute(self, parent: Tracker, item: PlannedStage, address: str) -> StageOutcome:

@@ -167,6 +167,11 @@ class Store:
     def discard(self, staging: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
+    def clear_staging(self, stage: str, fingerprint: str) -> None:
+        """Remove staging folders of this entry left by runs that died; call it holding `lock`."""
+        for debris in (self.root / stage).glob(f"{_STAGING_PREFIX}{fingerprint}-*"):
+            shutil.rmtree(debris, ignore_errors=True)
+
     def scratch(self, stage: str, fingerprint: str) -> Path:
         """Per-fingerprint folder that survives crashes (checkpoints, task markers)."""
         folder = self.scratch_root / stage / fingerprint
