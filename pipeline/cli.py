@@ -213,8 +213,10 @@ def cmd_ui(args: argparse.Namespace, stages: dict, console: Console) -> int:
         "--workers",  # MLflow's default is 4, each importing mlflow: slow to start on a small machine
         str(args.workers),
     ]
+    # MLflow's job runner (GenAI judges and scheduled jobs: seven more processes) is not needed to browse runs.
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
     try:
-        return subprocess.call(command)
+        return subprocess.call(command, env=env)
     except KeyboardInterrupt:
         return 0
 
