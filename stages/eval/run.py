@@ -30,6 +30,7 @@ from stages.common import packages
 from stages.common.chat import ASSISTANT_END, render_prompt
 from stages.common.generate import ends_turn
 from stages.common.shards import Split
+from stages.common.tasks import mean_and_se
 from stages.common.tokenizer import Tokenizer, load
 from stages.eval import choice, tasks
 from stages.eval.config import EvalConfig
@@ -183,7 +184,7 @@ def prepare(model: ModelRef, stuff: Material, tokenizer: Tokenizer, cfg: EvalCon
 # -- results ---------------------------------------------------------------------------------------
 @dataclass
 class Outcome:
-    rows: dict[str, tuple[float, int]] = field(default_factory=dict)  # row key -> (value, items)
+    rows: dict[str, tuple[float, int, float | None]] = field(default_factory=dict)  # key -> (value, items, se)
     details: dict[str, Any] = field(default_factory=dict)
     samples: dict[str, list] = field(default_factory=dict)
     predictions: list[dict] = field(default_factory=list)
@@ -194,7 +195,7 @@ def interpret(job: Prepared, done: list[list[Any]], stuff: Material, tokenizer: 
     column = job.model.column
     nats = job.results("nats", done)
     n_bytes, n_tokens = sum(stuff.window_bytes), sum(len(w) - 1 for w in stuff.windows)
-    out.rows["bpb"] = (sum(nats) / math.log(2) / n_bytes, len(nats))
+    out.rows["bpb"] = (sum(nats) / math.log(2) / n_bytes, len(nats), None)
     out.details["bpb"] = {"nats_per_token": sum(nats) / n_tokens, "tokens": n_tokens, "bytes": n_bytes}
     ordinary = tokenizer.bos_id  # special tokens follow the ordinary ones; a completion stops at <|bos|>
     out.samples["completions"] = [
@@ -204,19 +205,25 @@ def interpret(job: Prepared, done: list[list[Any]], stuff: Material, tokenizer: 
 
     scores = iter(job.results("score", done))
     for name, encoded_items in job.choice.items():
-        right = 0
+        right: dict[str, list[float]] = {"bytes": [], "none": []}
         for item, encoded in encoded_items:
             option_scores = [next(scores) for _ in encoded.options]
-            picked = choice.decide(option_scores, encoded.option_bytes, cfg.normalize)
-            right += picked == item.gold
+            picks = {way: choice.decide(option_scores, encoded.option_bytes, way) for way in right}
+            for way, picked in picks.items():
+                right[way].append(float(picked == item.gold))
             out.predictions.append(
-                {"model": column, "set": name, "row": item.row, "gold": item.gold, "picked": picked, "cut": encoded.cut}
+                {"model": column, "set": name, "row": item.row, "gold": item.gold, "picked": picks[cfg.normalize]}
+                | {"cut": encoded.cut}
             )
         items = len(encoded_items)
         chance = sum(1 / len(item.options) for item, _ in encoded_items) / items if items else None
-        out.rows[name] = (right / items if items else float("nan"), items)
+        golds = Counter(item.gold for item, _ in encoded_items)
+        out.rows[name] = _mean(right[cfg.normalize])
         out.details[name] = {
             "chance": chance,
+            "majority": max(golds.values()) / items if items else None,  # always answering the commonest gold
+            "accuracy_bytes_normalised": _mean(right["bytes"])[0],
+            "accuracy_summed": _mean(right["none"])[0],
             "too_long": job.too_long.get(name, 0),
             "question_cut": sum(e.cut for _, e in encoded_items),
             **stuff.choice_stats[name],
@@ -241,19 +248,26 @@ def interpret(job: Prepared, done: list[list[Any]], stuff: Material, tokenizer: 
             if len(shown.setdefault(name, [])) < SHOWN:
                 shown[name].append({"prompt": what.prompt, "reply": text, "answer": what.answer, "reward": reward})
         for name in stuff.tasks.problems:
-            rewards = per.get(name, [])
-            out.rows[name] = (sum(rewards) / len(rewards) if rewards else float("nan"), len(rewards))
+            out.rows[name] = _mean(per.get(name, []))
             out.details[name] = {
                 "too_long": job.too_long.get(name, 0),
                 "ends_turn": _share(ended.get(name, [])),
                 **stuff.tasks.stats(name),
             }
         every = [flag for flags in ended.values() for flag in flags]
-        out.rows["adherence"] = (_share(every), len(every))
+        out.rows["adherence"] = _mean([float(flag) for flag in every])
         out.details["adherence"] = {name: {"share": _share(f), "replies": len(f)} for name, f in ended.items()}
         out.details["adherence"]["open_too_long"] = job.too_long.get("open", 0)
         out.samples |= shown
     return out
+
+
+def _mean(values: list[float]) -> tuple[float, int, float | None]:
+    """(mean, count, standard error); NaN for no values."""
+    if not values:
+        return float("nan"), 0, None
+    mean, se = mean_and_se(values)
+    return mean, len(values), se
 
 
 def _share(flags: list[bool]) -> float:
@@ -262,7 +276,7 @@ def _share(flags: list[bool]) -> float:
 
 def build_rows(outcomes: dict[str, Outcome], stuff: Material, cfg: EvalConfig) -> list[Row]:
     rows = [Row("bpb", "held-out text", "bits/byte (lower is better)")]
-    rows += [Row(name, TASK_TITLES.get(name, name), "accuracy (reward)", 0.0) for name in stuff.tasks.problems]
+    rows += [Row(name, TASK_TITLES.get(name, name), "accuracy (reward)") for name in stuff.tasks.problems]
     for name in cfg.choice:
         chances = [o.details[name]["chance"] for o in outcomes.values() if o.details[name]["chance"] is not None]
         rows.append(Row(name, CHOICE_TITLES[name], f"accuracy ({cfg.normalize}-normalised likelihood)", None))
@@ -272,9 +286,11 @@ def build_rows(outcomes: dict[str, Outcome], stuff: Material, cfg: EvalConfig) -
     for row in rows:
         for column, outcome in outcomes.items():
             if row.key in outcome.rows:
-                value, items = outcome.rows[row.key]
+                value, items, se = outcome.rows[row.key]
                 if not math.isnan(value):
                     row.values[column], row.n[column] = value, items
+                    if se is not None:
+                        row.se[column] = se
     return rows
 
 

@@ -14,10 +14,13 @@ class Row:
     chance: float | None = None  # what guessing scores (None: no such baseline)
     values: dict[str, float] = field(default_factory=dict)  # column -> value; absent: not measured
     n: dict[str, int] = field(default_factory=dict)  # column -> items behind the value
+    se: dict[str, float] = field(default_factory=dict)  # column -> standard error of the value (accuracies)
 
 
-def _cell(value: float | None, digits: int = 3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
+def _cell(value: float | None, se: float | None = None, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.{digits}f}" + (f" ± {se:.{digits}f}" if se is not None else "")
 
 
 def _count(row: Row, columns: Sequence[str]) -> str:
@@ -25,15 +28,18 @@ def _count(row: Row, columns: Sequence[str]) -> str:
     return "/".join(str(c) for c in counts) or "–"
 
 
-def markdown(rows: Sequence[Row], columns: Sequence[str], title: str = "") -> str:
+NOTE = "± one standard error; chance: the accuracy of guessing uniformly among each item's options."
+
+
+def markdown(rows: Sequence[Row], columns: Sequence[str], title: str = "", note: str = NOTE) -> str:
     head = ["task", "metric", "n", "chance", *columns]
     lines = [f"### {title}", ""] if title else []
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["--:"] * (len(head) - 2)) + "|"]
     for row in rows:
         cells = [row.task.replace("|", "\\|"), row.metric.replace("|", "\\|"), _count(row, columns), _cell(row.chance)]
-        cells += [_cell(row.values.get(column)) for column in columns]
+        cells += [_cell(row.values.get(column), row.se.get(column)) for column in columns]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + ("\n\n" + note if note else "") + "\n"
 
 
 def as_json(rows: Sequence[Row], columns: Sequence[str], models: dict[str, dict]) -> dict:
