@@ -4,6 +4,7 @@ code, disjoint splits, malformed rows counted, and rewards that raise or hang sc
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import zipfile
@@ -165,6 +166,8 @@ def test_arith_splits_are_disjoint_reproducible_and_graded():
     assert all(p.solution.count("\n") <= 2 for p in held)  # at most 2 steps + the answer line
     hard = tasks.get("arith", min_steps=3, max_steps=3).problems("heldout", 20, seed=5)
     assert all(p.solution.count("\n") == 3 for p in hard)
+    small = tasks.get("arith", max_steps=2, max_number=10).problems("heldout", 50, seed=5)
+    assert all(int(n) <= 10 for p in small for n in re.findall(r"\d+", p.solution))
     p = held[0]
     assert task.reward(p, f"Answer: {int(p.answer) + 1}") == 0.0
     assert p.messages() == [{"role": "user", "content": p.prompt}]
