@@ -77,7 +77,7 @@ def stage(workdir: Path, items: int, workers: int) -> dict[str, float]:
     newest["tokenizer"] = tokenizers[-1].parent
     cfg = EvalConfig(
         choice=dict.fromkeys(CHOICE_SETS, items),
-        tasks={"arith": items, "asdiv": items},
+        tasks={"arith": items, "asdiv": items},  # counts; options as the task's defaults
         adherence_prompts=max(items // 3, 1),
         workers=workers,
     )

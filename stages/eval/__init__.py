@@ -17,7 +17,7 @@ def resources(cfg: EvalConfig) -> Resources:
 
 def summary(cfg: EvalConfig, _pipeline) -> str:
     choice = ", ".join(f"{name} {count}" for name, count in cfg.choice.items())
-    tasks = ", ".join(f"{name} {count}" for name, count in cfg.tasks.items())
+    tasks = ", ".join(f"{name} {spec.count}" for name, spec in cfg.tasks.items())
     return f"models {'/'.join(cfg.models)}; bpb {cfg.bpb_windows} windows; choice: {choice}; tasks: {tasks}"
 
 

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.stage import StageConfig, cosmetic
 
 MODEL_STAGES = ("pretrain", "sft", "rl")  # evaluated in this order, whichever exist upstream
 CHOICE_SETS = ("mmlu", "commonsenseqa", "piqa", "openbookqa", "boolq")
+
+
+class TaskSpec(BaseModel):
+    """A generative task from the registry in stages.common.tasks: how many held-out problems and
+    the task's options (as the RL stage takes them, e.g. `{max_steps: 2}` for arith). In YAML a
+    bare number means `{count: N}`."""
+
+    model_config = ConfigDict(extra="forbid")
+    count: int = Field(100, ge=1)
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
 class EvalConfig(StageConfig):
@@ -26,9 +36,9 @@ class EvalConfig(StageConfig):
     sample_temperature: float = Field(0.8, ge=0)
     sample_top_k: int | None = Field(40, ge=1)
     # -- chat-model measures -----------------------------------------------------------------
-    tasks: dict[str, int] = Field(
-        default_factory=lambda: {"arith": 100, "asdiv": 100},
-        description="generative task -> problems answered greedily (chat models); accuracy by the task's reward",
+    tasks: dict[str, TaskSpec] = Field(
+        default_factory=lambda: {"arith": TaskSpec(), "asdiv": TaskSpec()},
+        description="generative task -> held-out problems answered greedily (chat models), scored by its reward",
     )
     max_new_tokens: int = Field(128, ge=1, description="reply budget for task answers and adherence prompts")
     adherence_prompts: int = Field(
@@ -61,15 +71,18 @@ class EvalConfig(StageConfig):
             raise ValueError(f"item counts must be >= 1, got {bad}")
         return value
 
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _counts(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: {"count": v} if isinstance(v, int) and not isinstance(v, bool) else v for k, v in value.items()}
+        return value
+
     @field_validator("tasks")
     @classmethod
-    def _known_tasks(cls, value: dict[str, int]) -> dict[str, int]:
-        from stages.common.tasks import names
+    def _known_tasks(cls, value: dict[str, TaskSpec]) -> dict[str, TaskSpec]:
+        from stages.common import tasks
 
-        unknown = sorted(set(value) - set(names()))
-        if unknown:
-            raise ValueError(f"unknown task(s) {unknown}; known: {names()}")
-        bad = {k: v for k, v in value.items() if v < 1}
-        if bad:
-            raise ValueError(f"problem counts must be >= 1, got {bad}")
+        for name, spec in value.items():
+            tasks.get(name, **spec.options)  # unknown tasks and options are reported up front
         return value

