@@ -27,8 +27,21 @@ def print_summary(result, plan, console: Console) -> None:
             outcome.name, f"[{colour}]{outcome.status}[/]", f"{outcome.seconds:.1f}", outcome.fingerprint, detail
         )
     console.print(table)
+    print_stage_tables(result, plan, console)
     if result.report:
         console.print(f"[bold]report:[/] {result.report}  (report.md beside it; on the MLflow run too)", soft_wrap=True)
+
+
+def print_stage_tables(result, plan, console: Console) -> None:
+    """Result tables stages leave in their output as `table.md` (the eval stage's base/sft/rl table)."""
+    from rich.markdown import Markdown
+
+    for outcome in result.outcomes:
+        if outcome.status not in ("done", "cached") or not outcome.fingerprint:
+            continue
+        path = plan.config.run.workdir / "store" / outcome.name / outcome.fingerprint / "table.md"
+        if path.is_file():
+            console.print(Markdown(path.read_text()))
 
 
 def _duration(info) -> str:
