@@ -96,16 +96,18 @@ class Runner:
         env = worker_env(self.workdir)
         os.environ.update(env)
         cluster = self.config.cluster
-        address, dashboard = runtime.start(
-            self.workdir, cluster.address, cluster.num_cpus, cluster.num_gpus, cluster.dashboard, env=env
-        )
-        if dashboard:
-            self.console.print(f"[bold]z2h[/] Ray dashboard: {dashboard}")
-        try:
-            self._check_cluster()
-        except BaseException:
-            runtime.stop()
-            raise
+        address = None
+        if any(item.status == "run" for item in self.plan.selected):  # all cached: no Ray to start
+            address, dashboard = runtime.start(
+                self.workdir, cluster.address, cluster.num_cpus, cluster.num_gpus, cluster.dashboard, env=env
+            )
+            if dashboard:
+                self.console.print(f"[bold]z2h[/] Ray dashboard: {dashboard}")
+            try:
+                self._check_cluster()
+            except BaseException:
+                runtime.stop()
+                raise
         # A tracking server keeps artifacts where it is configured to; a local store beside itself.
         served = self.uri.startswith(("http://", "https://", "databricks"))
         experiment = lineage.experiment_id(

@@ -1,0 +1,255 @@
+"""Pipeline benchmark: the whole tiny pipeline from a cold start, then again with nothing changed.
+
+Run 1 starts from an empty work dir (no store, no MLflow database, no Ray) in a fresh `z2h run`
+process; only the PyPI archives the stages read are shared with the repo's `.z2h/cache/packages`
+(symlinked, so nothing is downloaded and downloads are not timed). Its wall time is split into:
+
+  startup        process start -> the pipeline's MLflow run exists (imports, config, plan, Ray
+                 start-up, MLflow schema); `imports` is measured apart in a separate process
+  stages         each stage run (MLflow start -> end), of which
+    work         time inside the stage's `run` (manifest `seconds`), less its
+    before_step  time before its first logged training step (Ray Train group start-up, data
+                 loading, model build), estimated from the metric history timestamps
+    tracking     the rest of the stage run: Ray task scheduling, MLflow logging, store commit
+  gaps           between stage runs (opening the next run, logging its params and datasets)
+  teardown       last stage done -> process exit (report card, Ray shutdown)
+
+Non-stage share = 1 - sum(work - before_step) / wall. Run 2 repeats the command: every stage
+must be a cache hit, in seconds. The report card of run 1 is rendered again in this process to
+time it. Prints a table to stderr and a JSON line last.
+
+    python bench/pipeline.py [--config configs/tiny.yaml] [--until sft] [--set KEY=VALUE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+# Run as a script, this file's folder comes first on sys.path and this module would shadow the
+# `pipeline` package it measures.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+TARGET_SECONDS = 600  # the tiny pipeline on this 2-core machine
+CACHED_TARGET_SECONDS = 60  # "in seconds": Ray start-up dominates
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def z2h_run(args: list[str], log_file: Path, echo: bool) -> tuple[float, list[tuple[float, str]], int]:
+    """Run `z2h run ...` in a fresh process; (wall seconds, (seconds since start, line) pairs, exit code)."""
+    command = [sys.executable, "-m", "pipeline.cli", "run", *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "160"}
+    lines: list[tuple[float, str]] = []
+    started = time.time()
+    with open(log_file, "a") as sink:
+        sink.write(f"$ {' '.join(command)}\n")
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            at = time.time() - started
+            lines.append((at, line.rstrip("\n")))
+            sink.write(f"{at:8.2f} {line}")
+            if echo:
+                sys.stderr.write(line)
+        code = proc.wait()
+    return time.time() - started, lines, code
+
+
+def import_seconds() -> float:
+    """What a `z2h` process spends importing the pipeline and every registered stage."""
+    code = "import time; t = time.time(); from pipeline import cli, registry; registry.stages(); print(time.time() - t)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def pipeline_runs(uri: str) -> list[Any]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(ids, "tags.`z2h.kind` = 'pipeline'", order_by=["attributes.start_time ASC"])
+
+
+def stage_runs(uri: str, parent: Any) -> list[Any]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    return client.search_runs(
+        [parent.info.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+        order_by=["attributes.start_time ASC"],
+    )
+
+
+def before_first_step(uri: str, run: Any) -> float | None:
+    """Seconds from the stage run's start to its step 0, extrapolated back from the logged steps of its
+    most frequently logged metric (None when it logged no steps while it ran)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    best: list[Any] = []
+    for name in run.data.metrics:
+        history = client.get_metric_history(run.info.run_id, name)
+        if len({m.step for m in history}) > len({m.step for m in best}):
+            best = history
+    points = sorted({m.step: m.timestamp for m in best}.items())
+    if len(points) < 3:
+        return None
+    (s0, t0), (s1, t1) = points[0], points[-1]
+    if s1 <= s0 or t1 <= t0:  # logged all at once at the end: no timing in it
+        return None
+    per_step = (t1 - t0) / (s1 - s0)
+    start = (t0 - s0 * per_step - run.info.start_time) / 1000
+    return max(0.0, start)
+
+
+def analyse(uri: str, store_root: Path, wall: float, spawn: float) -> dict[str, Any]:
+    """Split run 1's wall time (see the module docstring). `spawn` is the epoch time the process started."""
+    from pipeline.store import Store
+
+    parent = pipeline_runs(uri)[-1]
+    runs = stage_runs(uri, parent)
+    store = Store(store_root)
+    stages: dict[str, dict[str, Any]] = {}
+    gaps, previous_end = 0.0, parent.info.start_time
+    for run in runs:
+        name = run.data.tags["z2h.stage"]
+        info = run.info
+        stage_wall = (info.end_time - info.start_time) / 1000
+        lookup = store.lookup(name, run.data.tags["z2h.fingerprint"])
+        inside = lookup.manifest.seconds if lookup.manifest else 0.0
+        ahead = before_first_step(uri, run) if run.data.tags.get("z2h.cache") == "miss" else None
+        ahead = min(ahead, inside) if ahead is not None else 0.0
+        stages[name] = {
+            "status": "cached" if run.data.tags.get("z2h.cache") == "hit" else info.status.lower(),
+            "wall_s": round(stage_wall, 2),
+            "work_s": round(inside - ahead, 2),
+            "before_step_s": round(ahead, 2),
+            "tracking_s": round(max(0.0, stage_wall - inside), 2),
+        }
+        gaps += max(0.0, (info.start_time - previous_end) / 1000)
+        previous_end = info.end_time
+    startup = parent.info.start_time / 1000 - spawn
+    teardown = spawn + wall - previous_end / 1000
+    work = sum(s["work_s"] for s in stages.values())
+    split = {
+        "startup_s": round(startup, 2),
+        "before_step_s": round(sum(s["before_step_s"] for s in stages.values()), 2),
+        "tracking_s": round(sum(s["tracking_s"] for s in stages.values()), 2),
+        "gaps_s": round(gaps, 2),
+        "teardown_s": round(teardown, 2),
+    }
+    return {
+        "parent": parent,
+        "stages": stages,
+        "overhead": split,
+        "stage_work_s": round(work, 2),
+        "non_stage_share": round(1 - work / wall, 4),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(REPO / "configs" / "tiny.yaml"))
+    parser.add_argument("--until", help="run this stage and everything upstream (default: the whole pipeline)")
+    parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
+    parser.add_argument("--workdir", type=Path, help="an empty folder to use (default: a fresh temp folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (printed) afterwards")
+    parser.add_argument("--echo", action="store_true", help="show z2h's output while it runs")
+    args = parser.parse_args()
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="z2h-bench-pipeline-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    if any(workdir.iterdir()):
+        log(f"bench/pipeline.py: {workdir} is not empty; a cold start needs an empty work dir")
+        return 2
+    packages = REPO / ".z2h" / "cache" / "packages"
+    packages.mkdir(parents=True, exist_ok=True)
+    (workdir / "cache").mkdir()
+    (workdir / "cache" / "packages").symlink_to(packages)
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    run_args = [args.config, "--set", f"run.workdir={workdir}"]
+    run_args += [item for override in args.overrides for item in ("--set", override)]
+    run_args += ["--until", args.until] if args.until else []
+    log_file = workdir / "bench.log"
+    load_before = os.getloadavg()[0]
+    log(f"bench/pipeline.py: cold run in {workdir} (log: {log_file}); load average {load_before:.1f}")
+
+    spawn = time.time()
+    wall1, lines1, code1 = z2h_run(run_args, log_file, args.echo)
+    if code1 != 0:
+        log("\n".join(line for _, line in lines1[-40:]))
+        log(f"bench/pipeline.py: the cold run failed (exit {code1}); log: {log_file}")
+        return 1
+    cold = analyse(uri, workdir / "store", wall1, spawn)
+    log(f"  cold run: {wall1:.1f} s; now the same command again")
+
+    wall2, lines2, code2 = z2h_run(run_args, log_file, args.echo)
+    runs2 = stage_runs(uri, pipeline_runs(uri)[-1])
+    hits = [r.data.tags.get("z2h.cache") == "hit" for r in runs2]
+    all_hits = code2 == 0 and bool(hits) and all(hits) and len(runs2) == len(cold["stages"])
+
+    from pipeline import report_card
+    from pipeline.store import Store
+
+    card = report_card.write(uri, cold["parent"].info.run_id, workdir / "bench-report", store=Store(workdir / "store"))
+    imports = import_seconds()
+    load_after = os.getloadavg()[0]
+
+    log("")
+    log(f"{'stage':<10} {'status':<8} {'wall s':>8} {'work s':>8} {'before step s':>14} {'tracking s':>11}")
+    for name, row in cold["stages"].items():
+        log(
+            f"{name:<10} {row['status']:<8} {row['wall_s']:>8.1f} {row['work_s']:>8.1f} "
+            f"{row['before_step_s']:>14.1f} {row['tracking_s']:>11.1f}"
+        )
+    split = cold["overhead"]
+    log(
+        f"cold run {wall1:.1f} s (target < {TARGET_SECONDS} s): stage work {cold['stage_work_s']:.1f} s, "
+        f"not stage work {100 * cold['non_stage_share']:.1f}%: start-up {split['startup_s']:.1f} s "
+        f"(imports alone {imports:.1f} s), before first step {split['before_step_s']:.1f} s, "
+        f"tracking/store {split['tracking_s'] + split['gaps_s']:.1f} s, teardown {split['teardown_s']:.1f} s"
+    )
+    log(f"second run {wall2:.1f} s, {sum(hits)}/{len(runs2)} cache hits; report card rendered in {card.seconds:.1f} s")
+    log(f"load average {load_before:.1f} before, {load_after:.1f} after (other work on the machine skews timings)")
+    if args.keep:
+        log(f"work dir kept: {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    result = {
+        "bench": "pipeline",
+        "config": Path(args.config).name,
+        "until": args.until,
+        "overrides": args.overrides,
+        "cold_wall_s": round(wall1, 1),
+        "under_target": wall1 < TARGET_SECONDS,
+        "stage_work_s": cold["stage_work_s"],
+        "non_stage_share": cold["non_stage_share"],
+        "non_stage_s": cold["overhead"],
+        "imports_s": round(imports, 2),
+        "stages": cold["stages"],
+        "cached_wall_s": round(wall2, 1),
+        "cached_all_hits": all_hits,
+        "cached_under_target": wall2 < CACHED_TARGET_SECONDS,
+        "report_render_s": round(card.seconds, 2),
+        "load_average": [round(load_before, 1), round(load_after, 1)],
+        "cpus": os.cpu_count(),
+    }
+    print(json.dumps(result))
+    return 0 if all_hits else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
