@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= configs/tiny.yaml
 ARGS ?=
 
-.PHONY: run test plan lint setup
+.PHONY: run test plan lint setup browser
 
 setup: $(STAMP)
 
@@ -26,6 +26,10 @@ plan: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest $(ARGS)
+
+# Chromium for the UI browser test (Debian's package via apt-get; the test also installs it when missing).
+browser: $(STAMP)
+	$(VENV)/bin/python tests/browser.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
