@@ -13,7 +13,7 @@ from torch import nn
 
 from stages.common.model import GPTConfig, build, cross_entropy
 from stages.eval import choice
-from stages.eval.score import continuation_logprobs, window_nats
+from stages.eval.score import continuation_logprobs, option_logprobs, window_nats
 
 
 class Bigram(nn.Module):
@@ -34,6 +34,7 @@ def test_continuation_logprob_is_the_sum_of_the_next_token_log_probabilities():
     logp = table.log_softmax(-1)
     pairs = [([1, 2], [3, 4]), ([5], [0]), ([2, 2, 2, 1], [1, 1, 5])]
     got = continuation_logprobs(model, pairs, batch_size=2)
+    assert option_logprobs(model, [(c, [o]) for c, o in pairs]) == [[pytest.approx(v, abs=1e-5)] for v in got]
     for (context, continuation), value in zip(pairs, got, strict=True):
         sequence = context + continuation
         expected = sum(logp[sequence[i - 1], sequence[i]] for i in range(len(context), len(sequence)))
@@ -53,6 +54,11 @@ def test_scores_do_not_depend_on_batch_or_padding():
     batched = continuation_logprobs(model, pairs, batch_size=4)
     single = [continuation_logprobs(model, [pair])[0] for pair in pairs]
     assert batched == pytest.approx(single, abs=1e-5)
+    # Sharing each context's cache among its options gives the same scores as separate sequences.
+    items = [([1, 2, 3], [[4, 5], [6], [7, 8, 9, 10]]), ([7] * 25, [[8], [9, 9]]), ([11], [[12, 13, 14]])]
+    shared = option_logprobs(model, items, batch_size=2)
+    separate = [continuation_logprobs(model, [(context, o) for o in options]) for context, options in items]
+    assert [pytest.approx(s, abs=1e-4) for s in separate] == shared
     window = list(range(1, 33))
     with torch.no_grad():
         loss = cross_entropy(model(torch.tensor([window[:-1]])), torch.tensor([window[1:]]))
@@ -78,7 +84,7 @@ def test_scoring_picks_the_right_option_on_a_constructed_example():
             optimizer.step()
     model.eval()
     for encoded in texts:
-        scores = continuation_logprobs(model, [(encoded.context, option) for option in encoded.options])
+        scores = option_logprobs(model, [(encoded.context, encoded.options)])[0]
         assert choice.decide(scores, encoded.option_bytes, "none") == item.gold
         assert choice.decide(scores, encoded.option_bytes, "bytes") == item.gold
         assert math.exp(scores[item.gold]) > 0.5

@@ -145,7 +145,7 @@ def prepare(model: ModelRef, stuff: Material, tokenizer: Tokenizer, cfg: EvalCon
     seeds = [(opening, seed * 1_000_003 + index) for index, opening in enumerate(stuff.openings)]
     sampling = {"max_new_tokens": cfg.sample_tokens, "temperature": cfg.sample_temperature, "top_k": cfg.sample_top_k}
     job.add("sample", units("sample", seeds, size, stop_id=tokenizer.bos_id, **sampling))
-    pairs = []
+    questions = []
     for name, items in stuff.choice_items.items():
         job.choice[name] = []
         for item in items:
@@ -155,8 +155,8 @@ def prepare(model: ModelRef, stuff: Material, tokenizer: Tokenizer, cfg: EvalCon
                 job.too_long[name] += 1
                 continue
             job.choice[name].append((item, encoded))
-            pairs += [(encoded.context, option) for option in encoded.options]
-    job.add("score", units("score", pairs, size))
+            questions.append((encoded.context, tuple(encoded.options)))
+    job.add("choice", units("choice", questions, size))
     if model.chat:
         room = seq_len - cfg.max_new_tokens
         prompts = []
@@ -203,11 +203,11 @@ def interpret(job: Prepared, done: list[list[Any]], stuff: Material, tokenizer: 
         for opening, reply in zip(stuff.openings, job.results("sample", done), strict=True)
     ]
 
-    scores = iter(job.results("score", done))
+    scores = iter(job.results("choice", done))
     for name, encoded_items in job.choice.items():
         right: dict[str, list[float]] = {"bytes": [], "none": []}
         for item, encoded in encoded_items:
-            option_scores = [next(scores) for _ in encoded.options]
+            option_scores = next(scores)
             picks = {way: choice.decide(option_scores, encoded.option_bytes, way) for way in right}
             for way, picked in picks.items():
                 right[way].append(float(picked == item.gold))

@@ -23,9 +23,12 @@ def _summed_logprobs(model: nn.Module, rows: Sequence[tuple[Sequence[int], int]]
         ids = torch.as_tensor(seq, dtype=torch.long)
         inputs[row, : len(seq) - 1] = ids[:-1]
         targets[row, start - 1 : len(seq) - 1] = ids[start:]  # right padding stays unseen (causal)
-    logits = model(inputs.to(device)).float()
-    nll = F.cross_entropy(logits.flatten(0, 1), targets.to(device).flatten(), ignore_index=IGNORE, reduction="none")
-    return (-nll.view(len(rows), width).sum(dim=1)).tolist()
+    targets = targets.to(device)
+    scored = targets != IGNORE  # the softmax runs only where a target is scored (not over the context)
+    logits = model(inputs.to(device))[scored].float()
+    nll = F.cross_entropy(logits, targets[scored], reduction="none")
+    totals = torch.zeros(len(rows), device=device).index_add_(0, scored.nonzero()[:, 0], nll)
+    return (-totals).tolist()
 
 
 def continuation_logprobs(
@@ -56,4 +59,79 @@ def window_nats(model: nn.Module, windows: Sequence[Sequence[int]], batch_size: 
     for begin in range(0, len(windows), batch_size):
         chunk = [(window, 1) for window in windows[begin : begin + batch_size]]
         out += [-value for value in _summed_logprobs(model, chunk)]
+    return out
+
+
+def _choice_batches(items: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]], seq_len: int, size: int):
+    """Item indices in batches, by context length, that fit one cache: the longest context plus the
+    longest option (minus its last token, never fed) within seq_len."""
+    order = sorted(range(len(items)), key=lambda i: len(items[i][0]))
+    batch: list[int] = []
+    context = option = 0
+    for index in order:
+        ctx_len, opt_len = len(items[index][0]), max(len(o) for o in items[index][1])
+        grown = max(context, ctx_len) + max(option, opt_len) - 1
+        if batch and (len(batch) == size or grown > seq_len):
+            yield batch
+            batch, context, option = [], 0, 0
+        batch.append(index)
+        context, option = max(context, ctx_len), max(option, opt_len)
+    if batch:
+        yield batch
+
+
+@torch.no_grad()
+def _choice_batch(model: nn.Module, items) -> list[list[float]]:
+    from stages.common.kv_cache import KVCache
+
+    device = next(model.parameters()).device
+    longest = max(len(context) for context, _ in items)
+    tokens = torch.zeros((len(items), longest), dtype=torch.long)
+    for row, (context, _) in enumerate(items):
+        tokens[row, longest - len(context) :] = torch.as_tensor(context, dtype=torch.long)
+    pads = torch.tensor([longest - len(context) for context, _ in items], device=device)
+    owners = [row for row, (_, options) in enumerate(items) for _ in options]
+    options = [list(option) for _, opts in items for option in opts]
+    width = max(len(option) for option in options)
+    cache = KVCache(model.cfg, pads, longest + width - 1)
+    first = model(tokens.to(device), cache)[:, -1].float().log_softmax(dim=-1)  # predicts each option's first token
+    owner_rows = torch.tensor(owners, device=device)
+    firsts = torch.tensor([option[0] for option in options], device=device)
+    totals = first[owner_rows, firsts]
+    if width > 1:
+        cache.keep(owner_rows)  # each context's keys and values, once per option
+        feed = torch.zeros((len(options), width - 1), dtype=torch.long)
+        targets = torch.full((len(options), width - 1), IGNORE, dtype=torch.long)
+        for row, option in enumerate(options):
+            ids = torch.as_tensor(option, dtype=torch.long)
+            feed[row, : len(option) - 1] = ids[:-1]  # right padding: only later padding sees it
+            targets[row, : len(option) - 1] = ids[1:]
+        targets = targets.to(device)
+        scored = targets != IGNORE
+        logits = model(feed.to(device), cache)[scored].float()
+        nll = F.cross_entropy(logits, targets[scored], reduction="none")
+        totals = totals - torch.zeros(len(options), device=device).index_add_(0, scored.nonzero()[:, 0], nll)
+    values = totals.tolist()
+    out: list[list[float]] = [[] for _ in items]
+    for owner, value in zip(owners, values, strict=True):
+        out[owner].append(value)
+    return out
+
+
+def option_logprobs(
+    model: nn.Module, items: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]], batch_size: int = 32
+) -> list[list[float]]:
+    """For each (context, options): the summed log-probability of every option right after the
+    context, as `continuation_logprobs` gives it, but reading each context once: its keys and
+    values are cached and shared by its options (a 4-option question costs one context, not four)."""
+    seq_len = model.cfg.seq_len
+    for index, (context, options) in enumerate(items):
+        if not context or not options or not all(options):
+            raise ValueError(f"item {index}: empty context or option")
+        if len(context) + max(len(o) for o in options) > seq_len + 1:
+            raise ValueError(f"item {index}: context and its longest option exceed seq_len {seq_len} + 1")
+    out: list[list[float]] = [[] for _ in items]
+    for batch in _choice_batches(items, seq_len, batch_size):
+        for index, scores in zip(batch, _choice_batch(model, [items[i] for i in batch]), strict=True):
+            out[index] = scores
     return out

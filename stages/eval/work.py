@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-Kind = Literal["score", "nats", "greedy", "sample"]
+Kind = Literal["choice", "score", "nats", "greedy", "sample"]
 
 
 @dataclass(frozen=True)
 class Unit:
     """kind  items                                   result per item
+    choice    (context ids, (option ids, ...))        summed log-probability of each option after the context
     score     (context ids, continuation ids)         summed log-probability of the continuation
     nats      window ids                              summed next-token loss over the window
     greedy    prompt ids                              greedy reply ids (ending with stop_id if reached)
@@ -40,8 +41,10 @@ def units(kind: Kind, items: Sequence[Any], size: int, **settings: Any) -> list[
 
 def run_unit(model, unit: Unit, batch_size: int) -> list[Any]:
     from stages.common.generate import Sampling, generate
-    from stages.eval.score import continuation_logprobs, window_nats
+    from stages.eval.score import continuation_logprobs, option_logprobs, window_nats
 
+    if unit.kind == "choice":
+        return option_logprobs(model, unit.items, batch_size)
     if unit.kind == "score":
         return continuation_logprobs(model, unit.items, batch_size)
     if unit.kind == "nats":
