@@ -28,6 +28,9 @@ SOURCE_TAG = "z2h"
 DATASET_CONTEXT = "mlflow.data.context"
 
 
+_SQLITE_READY: set[str] = set()  # sqlite stores this process has seen initialised
+
+
 def _client(uri: str):
     from mlflow import MlflowClient
 
@@ -35,7 +38,27 @@ def _client(uri: str):
     for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
+    if uri.startswith("sqlite:///") and uri not in _SQLITE_READY:
+        _init_sqlite(uri)
     return MlflowClient(tracking_uri=uri)
+
+
+def _init_sqlite(uri: str) -> None:
+    """MLflow creates a fresh sqlite store's tables on first use; two `z2h run` doing that at once
+    on one work dir collide ("duplicate column name"). One process at a time, under an flock."""
+    import fcntl
+
+    from mlflow import MlflowClient
+
+    lock = Path(uri.removeprefix("sqlite:///") + ".init.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # creates or migrates the schema
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    _SQLITE_READY.add(uri)
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

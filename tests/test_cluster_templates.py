@@ -52,7 +52,13 @@ EC2_NODE_CONFIG = {
     "KeyName", "SubnetIds", "SecurityGroupIds", "Placement", "NetworkInterfaces", "TagSpecifications",
 }  # fmt: skip
 # Per instance type: (vCPUs, GPUs), from the EC2 instance type pages.
-EC2_SIZES = {"p4d.24xlarge": (96, 8), "g5.48xlarge": (192, 8), "g5.12xlarge": (48, 4), "m6i.4xlarge": (16, 0)}
+EC2_SIZES = {
+    "p5.48xlarge": (192, 8),
+    "p4d.24xlarge": (96, 8),
+    "g5.48xlarge": (192, 8),
+    "g5.12xlarge": (48, 4),
+    "m6i.4xlarge": (16, 0),
+}
 
 
 def multinode_config(*overrides: str):
