@@ -12,7 +12,7 @@ from stages.eval.run import run
 
 def resources(cfg: EvalConfig) -> Resources:
     # The stage task prepares the items and reads the results; the eval tasks hold the CPUs.
-    return Resources(cpus=cfg.cpus_per_worker, workers=cfg.workers)
+    return Resources(cpus=cfg.cpus_per_worker, gpus=cfg.gpus_per_worker, workers=cfg.workers)
 
 
 def summary(cfg: EvalConfig, _pipeline) -> str:

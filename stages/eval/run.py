@@ -321,6 +321,7 @@ def run(ctx: StageContext) -> dict[str, float]:
         cfg.cpus_per_worker,
         cfg.batch_size,
         on_done=lambda _key, count: bar.update(count),
+        gpus=cfg.gpus_per_worker,
     )
     bar.close()
     outcomes = {key: interpret(job, done[key], stuff, tokenizer, cfg) for key, job in jobs.items()}

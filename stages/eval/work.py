@@ -72,10 +72,11 @@ def execute(
     cpus: float,
     batch_size: int,
     on_done: Callable[[str, int], None] | None = None,
+    gpus: float = 0.0,
 ) -> dict[str, list[list[Any]]]:
     """Run every model's units; `jobs` maps a model key to (model folder, units). Returns each
     model's unit results in unit order. Under Ray, each model's units go round-robin to `workers`
-    tasks of `cpus` CPUs; without Ray (a plain process) they run here, one after another."""
+    tasks of `cpus` CPUs and `gpus` GPUs; without Ray (a plain process) they run here, one after another."""
     import ray
 
     results: dict[str, list[list[Any]]] = {key: [[] for _ in work] for key, (_, work) in jobs.items()}
@@ -85,7 +86,7 @@ def execute(
             if on_done:
                 on_done(key, len(work))
         return results
-    remote = ray.remote(num_cpus=cpus)(run_units)
+    remote = ray.remote(num_cpus=cpus, num_gpus=gpus)(run_units)
     pending: dict[Any, tuple[str, list[int]]] = {}
     for key, (folder, work) in jobs.items():
         for worker in range(min(workers, len(work))):
