@@ -290,7 +290,7 @@ def timings(view: RunView) -> Section:
                 f"`{stage.fingerprint}`" if stage.fingerprint else "–",
             ]
         )
-    columns = ["stage", "status", "wall s", "in stage s", "tracking+store s", "resources", "output", "files"]
+    columns = ["stage", "status", "wall s", "in stage s", "overhead s", "resources", "output", "files"]
     blocks: list[Any] = [Table([*columns, "fingerprint"], rows)]
     info = view.parent.info
     end = info.end_time or time.time() * 1000
@@ -298,9 +298,9 @@ def timings(view: RunView) -> Section:
     blocks.append(
         Text(
             f"Pipeline wall time {pipeline_wall:.1f} s from the parent run's start; stage runs {total_wall:.1f} s, "
-            f"of which {total_stage:.1f} s inside stages' `run` (manifest `seconds`). *tracking+store* is the "
-            "rest of a stage run: Ray scheduling, MLflow logging, the store commit. Resources are what each stage "
-            "asked Ray for: workers x (CPUs, GPUs)."
+            f"of which {total_stage:.1f} s inside stages' `run` (manifest `seconds`). *Overhead* is the rest of a "
+            "stage run: starting its Ray task (a fresh worker imports the stage), MLflow logging, the store commit. "
+            "Resources are what each stage asked Ray for: workers x (CPUs, GPUs)."
         )
     )
     return Section("Time and resources per stage", blocks)
@@ -683,7 +683,7 @@ h2{font-size:18px;margin:32px 0 8px;border-bottom:1px solid #e3e6eb;padding-bott
 nav{font-size:13px;color:#556}nav a{margin-right:12px;color:#2a5db0;text-decoration:none}
 table{border-collapse:collapse;margin:8px 0 12px;font-size:13px}
 th,td{border:1px solid #e0e3e8;padding:4px 8px;text-align:left;vertical-align:top}
-th{background:#f0f2f5}td.n{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
+th{background:#f0f2f5;white-space:nowrap}td.n{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
 code{background:#f0f2f5;padding:1px 4px;border-radius:3px;font-size:12px}
 pre{background:#f6f8fa;padding:12px;overflow:auto;font-size:12px;border:1px solid #e3e6eb}
 figure{margin:8px 0 16px}figcaption{font-size:12px;color:#556}img{max-width:100%}
