@@ -29,6 +29,8 @@ EPILOG = """examples:
   z2h plan configs/tiny.yaml                      show the DAG, fingerprints and cache status
   z2h runs configs/tiny.yaml                      recent pipeline runs from MLflow
   z2h ui configs/tiny.yaml                        MLflow UI on 127.0.0.1
+  z2h chat                                        chat with the latest model (rl, else sft, else pretrain)
+  z2h sample base -p "The king"                   one-shot completions from a stage's model
 """
 
 
