@@ -54,7 +54,11 @@ class RLConfig(StageConfig):
     aggregation: Literal["token", "sequence", "constant"] = Field(
         "token", description="token: mean over all tokens (DAPO); sequence: per reply (GRPO); constant: Dr.GRPO"
     )
-    dynamic_sampling: bool = Field(True, description="drop groups whose rewards are all equal")
+    dynamic_sampling: bool = Field(
+        True,
+        description="drop groups whose rewards are all equal (zero advantage) before learning, counted; the loss "
+        "still averages over the whole batch, so a step with few informative groups moves the policy less",
+    )
     kl_metric: bool = Field(True, description="log KL(policy || SFT model) each step (one more forward per step)")
     bf16: bool = False
     # held-out measurement

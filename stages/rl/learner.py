@@ -166,6 +166,7 @@ class Learner:
             "eval_seconds": 0.0,
         }
         self.history: list[dict[str, float]] = []
+        self.synced = -1  # the weights version the rollout actors hold
 
     # -- pieces ------------------------------------------------------------------------
     @property
@@ -186,9 +187,11 @@ class Learner:
         return self.acc.reduce(tensor, reduction="sum").tolist() if self.world > 1 else values
 
     def sync_weights(self, version: int) -> float:
+        """Rank 0 sends the policy to the rollout actors (once per version of the weights)."""
         started = time.perf_counter()
-        if self.rank0:
+        if self.rank0 and version != self.synced:
             self.job.pool.sync(self.policy.state_dict(), version)
+            self.synced = version
         return time.perf_counter() - started
 
     def evaluate(self, items: list[Item], k: int, seed: int) -> Scores | None:
@@ -240,17 +243,28 @@ class Learner:
             self.totals["empty_steps"] += 1
             return metrics  # every rank sees the same batch, so every rank skips together
         learn_started = time.perf_counter()
-        metrics |= self.learn(share_rows(batch, keep, adv, s.group_size, self.rank, self.world), step)
+        # Dropped groups have zero advantage: they change no gradient, only the average's divisor.
+        # Keeping them in the divisor means a step with few informative groups moves the policy
+        # less, instead of taking a full-size step on a handful of groups.
+        kept_rows = [i for i in range(len(batch.rewards)) if keep[i // s.group_size]]
+        if s.aggregation == "token":
+            share = sum(len(batch.responses[i]) for i in kept_rows) / max(batch.tokens, 1)
+        else:
+            share = len(kept_rows) / len(batch.rewards)
+        rows = share_rows(batch, keep, adv, s.group_size, self.rank, self.world)
+        metrics |= self.learn(rows, step, share)
         learn_s = time.perf_counter() - learn_started
         self.totals["learn_seconds"] += learn_s
         metrics |= {"learn_seconds": learn_s, "learner_tokens_per_s": metrics.pop("_tokens") / max(learn_s, 1e-9)}
         return metrics
 
-    def learn(self, rows: Rows, step: int) -> dict[str, float]:
+    def learn(self, rows: Rows, step: int, share: float = 1.0) -> dict[str, float]:
         """`ppo_epochs` passes over this rank's rows. The log-probs of the policy that sampled
         ("old") come from the first pass itself when it is a single optimizer step (nothing has
         changed yet), else from one no-grad pass up front; the frozen reference's log-probs (for
-        the KL penalty or the KL metric) are computed once per step."""
+        the KL penalty or the KL metric) are computed once per step. The rows are `share` of the
+        step's batch (by tokens or replies, as the aggregation counts): the loss divides by the
+        whole batch's count."""
         s = self.s
         need_ref = s.kl_coef > 0 or s.kl_metric
         fresh = s.minibatches == 1  # the first pass's single update starts from the sampling policy
@@ -300,7 +314,9 @@ class Learner:
                     norm = totals[s.minibatches + m]
                 else:
                     norm = totals[s.minibatches + m] * s.max_new_tokens
-                norm = max(norm, 1.0) / self.world  # DDP averages the ranks' gradients
+                # the whole batch's count (kept rows are `share` of it); DDP averages the ranks' gradients
+                norm = max(norm, 1.0) / max(share, 1e-9) / self.world
+                chunk = sorted(chunk, key=lambda i: len(rows.seqs[i]))  # similar lengths share a micro batch
                 pieces = [chunk[i : i + s.micro_batch] for i in range(0, len(chunk), s.micro_batch)]
                 for p, index in enumerate(pieces):
                     inputs, targets, mask, adv = tensors(rows, index, self.job.pad_id, self.acc.device)
