@@ -36,7 +36,8 @@ def problems(run, nodes: int) -> list[str]:
             "EFS, Filestore) and set run.shared_storage: true"
         )
     tracking = run.tracking
-    if tracking.startswith(LOCAL_TRACKING) or "://" not in tracking:
+    plain_path = "://" not in tracking and not tracking.startswith("databricks")
+    if tracking.startswith(LOCAL_TRACKING) or plain_path:
         found.append(
             f"run.tracking_uri {tracking} is a local tracking store that stages on every node would write at "
             "once (sqlite's locks do not hold on network filesystems): run `mlflow server` and set "

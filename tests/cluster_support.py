@@ -162,8 +162,9 @@ class LocalCluster:
             for name in names:
                 node = self.nodes[name]
                 if node.process.poll() not in (None, 0):
-                    # A worker can time out registering with a GCS starved of CPU: one more try.
-                    if name == "head" or node.restarts:
+                    # Ray gives a raylet 30 s to register with the GCS; on a machine starved of CPU
+                    # that can pass: two more tries.
+                    if name == "head" or node.restarts >= 2:
                         raise RuntimeError(f"node {name} exited: {node.log.read_text()[-2000:]}")
                     kill_session(node.sid)
                     self._start(name, node.ip, node.cpus, node.args)

@@ -76,6 +76,7 @@ def cluster():
         cluster.start_head(cpus=0)
         cluster.wait_for(["head"])
         cluster.add_node("w1", "127.0.0.3", cpus=2)
+        cluster.wait_for(["head", "w1"])  # one node joining at a time is gentler on a busy machine
         cluster.add_node("w2", "127.0.0.4", cpus=2)
         cluster.ids = cluster.wait_for(["head", "w1", "w2"])
         cluster.tracking = server.wait()

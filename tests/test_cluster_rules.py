@@ -83,6 +83,8 @@ def test_shared_flag_and_server_satisfy_the_rules():
     assert len(unshared) == 1 and "run.workdir" in unshared[0] and "run.store" not in unshared[0]
     path_store = storage.problems(run_config(tracking_uri="http://h:5000", store="/data/store"), 2)
     assert "run.store /data/store" in path_store[0]
+    for remote in ("databricks", "postgresql://mlflow@db/mlflow", "https://mlflow.example.com"):
+        assert storage.problems(run_config(shared_storage=True, tracking_uri=remote), 2) == []
     for local in ("sqlite:////shared/mlflow.db", "file:///shared/mlruns", "/shared/mlruns"):
         found = storage.problems(run_config(shared_storage=True, tracking_uri=local), 2)
         assert len(found) == 1 and local in found[0]
