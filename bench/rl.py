@@ -22,7 +22,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# The repo root first, and not this folder: bench/pipeline.py would shadow the `pipeline` package.
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
 from stages.common import arith, tasks  # noqa: E402
 from stages.common.chat import ASSISTANT_END, render_prompt  # noqa: E402

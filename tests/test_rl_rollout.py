@@ -14,8 +14,6 @@ from stages.common.generate import Sampling, generate
 from stages.common.model import GPTConfig, build
 from stages.rl.rollout import ActorPool, Item, LocalPool, Sampler, SamplerSpec
 
-pytestmark = pytest.mark.usefixtures("ray_session")
-
 
 @pytest.fixture(scope="module")
 def spec(tmp_path_factory: pytest.TempPathFactory) -> SamplerSpec:
@@ -42,6 +40,8 @@ def _other_weights(seed: int) -> dict[str, torch.Tensor]:
     return build(cfg, seed=seed).state_dict()
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
 def test_weight_sync_changes_what_rollout_actors_generate(spec):
     actors = [ray.remote(Sampler).options(num_cpus=0.5).remote(spec) for _ in range(2)]
     pool = ActorPool(actors)

@@ -159,7 +159,6 @@ class Learner:
             "groups_kept": 0,
             "empty_steps": 0,
             "rollout_tokens": 0,
-            "learner_tokens": 0,
             "rollout_seconds": 0.0,
             "learn_seconds": 0.0,
             "sync_seconds": 0.0,
@@ -243,7 +242,8 @@ class Learner:
             self.totals["empty_steps"] += 1
             return metrics  # every rank sees the same batch, so every rank skips together
         learn_started = time.perf_counter()
-        # Dropped groups have zero advantage: they change no gradient, only the average's divisor.
+        # Dropped groups have zero advantage: they change no policy-gradient term (only the KL
+        # penalty's, when there is one), only the average's divisor.
         # Keeping them in the divisor means a step with few informative groups moves the policy
         # less, instead of taking a full-size step on a handful of groups.
         kept_rows = [i for i in range(len(batch.rewards)) if keep[i // s.group_size]]
