@@ -33,15 +33,20 @@ def print_summary(result, plan, console: Console) -> None:
 
 
 def print_stage_tables(result, plan, console: Console) -> None:
-    """Result tables stages leave in their output as `table.md` (the eval stage's base/sft/rl table)."""
+    """Result tables stages leave in their output as `table.md` (the eval stage's base/sft/rl table):
+    rendered on a terminal, as the Markdown itself (never re-wrapped) in a log or pipe."""
     from rich.markdown import Markdown
 
     for outcome in result.outcomes:
         if outcome.status not in ("done", "cached") or not outcome.fingerprint:
             continue
         path = plan.config.run.workdir / "store" / outcome.name / outcome.fingerprint / "table.md"
-        if path.is_file():
+        if not path.is_file():
+            continue
+        if console.is_terminal:
             console.print(Markdown(path.read_text()))
+        else:
+            console.print(path.read_text(), markup=False, highlight=False, soft_wrap=True)
 
 
 def _duration(info) -> str:

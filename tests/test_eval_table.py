@@ -46,6 +46,9 @@ def test_the_run_summary_prints_each_stage_table(tmp_path: Path):
         SimpleNamespace(name="rl", status="failed", fingerprint="fp3"),
     ]
     out = io.StringIO()
-    print_stage_tables(SimpleNamespace(outcomes=outcomes), plan, Console(file=out, width=140))
+    print_stage_tables(SimpleNamespace(outcomes=outcomes), plan, Console(file=out, width=140, force_terminal=True))
     printed = out.getvalue()
     assert "eval: base, sft, rl" in printed and "0.300 ± 0.046" in printed and "<|assistant_end|>" in printed
+    logged = io.StringIO()  # not a terminal (a log file): the Markdown itself, one line per row however wide
+    print_stage_tables(SimpleNamespace(outcomes=outcomes), plan, Console(file=logged, width=40))
+    assert logged.getvalue() == (entry / "table.md").read_text() + "\n"

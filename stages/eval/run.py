@@ -275,14 +275,14 @@ def _share(flags: list[bool]) -> float:
 
 
 def build_rows(outcomes: dict[str, Outcome], stuff: Material, cfg: EvalConfig) -> list[Row]:
-    rows = [Row("bpb", "held-out text", "bits/byte (lower is better)")]
-    rows += [Row(name, TASK_TITLES.get(name, name), "accuracy (reward)") for name in stuff.tasks.problems]
+    rows = [Row("bpb", "held-out text", "bits/byte ↓")]
+    rows += [Row(name, TASK_TITLES.get(name, name), "accuracy") for name in stuff.tasks.problems]
     for name in cfg.choice:
         chances = [o.details[name]["chance"] for o in outcomes.values() if o.details[name]["chance"] is not None]
-        rows.append(Row(name, CHOICE_TITLES[name], f"accuracy ({cfg.normalize}-normalised likelihood)", None))
+        rows.append(Row(name, CHOICE_TITLES[name], "accuracy", None))
         rows[-1].chance = sum(chances) / len(chances) if chances else None
     if any(key for o in outcomes.values() for key in o.rows if key == "adherence"):
-        rows.append(Row("adherence", "chat format", "replies ending <|assistant_end|>"))
+        rows.append(Row("adherence", "chat format", "ends <|assistant_end|>"))
     for row in rows:
         for column, outcome in outcomes.items():
             if row.key in outcome.rows:
@@ -331,7 +331,12 @@ def run(ctx: StageContext) -> dict[str, float]:
     rows = build_rows(outcomes, stuff, cfg)
     models_info = {m.column: {"stage": m.stage, "fingerprint": m.fingerprint, "path": str(m.folder)} for m in models}
     table = as_json(rows, columns, models_info)
-    text = markdown(rows, columns, title=f"eval: {', '.join(columns)}")
+    how = "log-likelihood per byte" if cfg.normalize == "bytes" else "summed log-likelihood"
+    note = (
+        f"Tasks: share of held-out problems the task's reward accepts (greedy replies). Multiple choice: the "
+        f"option with the highest {how}. ± one standard error; chance: guessing uniformly among the options."
+    )
+    text = markdown(rows, columns, title=f"eval: {', '.join(columns)}", note=note)
     out = ctx.output_dir
     (out / "table.json").write_text(json.dumps(table, indent=2) + "\n")
     (out / "table.md").write_text(text)

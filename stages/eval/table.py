@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 class Row:
     key: str  # metric name stem: "bpb", "mmlu", "arith", "adherence"
     task: str  # what was measured, for people
-    metric: str  # "bits/byte (lower is better)", "accuracy", ...
+    metric: str  # "bits/byte ↓", "accuracy", ...
     chance: float | None = None  # what guessing scores (None: no such baseline)
     values: dict[str, float] = field(default_factory=dict)  # column -> value; absent: not measured
     n: dict[str, int] = field(default_factory=dict)  # column -> items behind the value
