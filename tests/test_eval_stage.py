@@ -82,7 +82,10 @@ def test_rows_without_gold_are_counted_and_skipped(finished):
     details = json.loads((ctx.output_dir / "results.json").read_text())["models"]["base"]["details"]
     assert details["mmlu"]["skipped"] == {"no_gold": 1, "malformed_options": 1, "invalid_json": 1}
     assert details["openbookqa"]["skipped"]["no_gold"] == 1
-    sft = json.loads((ctx.output_dir / "results.json").read_text())["models"]["sft"]["details"]
+    results = json.loads((ctx.output_dir / "results.json").read_text())
+    changes = {(c["row"], c["from"], c["to"]): c for c in results["paired_changes"]}
+    assert changes[("mmlu", "base", "sft")]["n"] == 6 and ("arith", "base", "sft") not in changes
+    sft = results["models"]["sft"]["details"]
     assert sft["asdiv"]["source_skips"]["counts"]["not_a_number"] == 1  # "Mrs. Hilt" is no number
 
 

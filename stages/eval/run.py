@@ -30,7 +30,7 @@ from stages.common import packages
 from stages.common.chat import ASSISTANT_END, render_prompt
 from stages.common.generate import ends_turn
 from stages.common.shards import Split
-from stages.common.tasks import mean_and_se
+from stages.common.tasks import mean_and_se, paired_difference
 from stages.common.tokenizer import Tokenizer, load
 from stages.eval import choice, tasks
 from stages.eval.config import EvalConfig
@@ -188,6 +188,7 @@ class Outcome:
     details: dict[str, Any] = field(default_factory=dict)
     samples: dict[str, list] = field(default_factory=dict)
     predictions: list[dict] = field(default_factory=list)
+    per_item: dict[str, dict[str, float]] = field(default_factory=dict)  # row key -> item id -> score
 
 
 def interpret(job: Prepared, done: list[list[Any]], stuff: Material, tokenizer: Tokenizer, cfg: EvalConfig) -> Outcome:
@@ -211,6 +212,7 @@ def interpret(job: Prepared, done: list[list[Any]], stuff: Material, tokenizer: 
             picks = {way: choice.decide(option_scores, encoded.option_bytes, way) for way in right}
             for way, picked in picks.items():
                 right[way].append(float(picked == item.gold))
+            out.per_item.setdefault(name, {})[str(item.row)] = right[cfg.normalize][-1]
             out.predictions.append(
                 {"model": column, "set": name, "row": item.row, "gold": item.gold, "picked": picks[cfg.normalize]}
                 | {"cut": encoded.cut}
@@ -244,6 +246,7 @@ def interpret(job: Prepared, done: list[list[Any]], stuff: Material, tokenizer: 
                 continue
             reward = stuff.tasks.score(name, what, text)
             per.setdefault(name, []).append(reward)
+            out.per_item.setdefault(name, {})[what.id] = reward
             out.predictions.append({"model": column, "task": name, "id": what.id, "reward": reward})
             if len(shown.setdefault(name, [])) < SHOWN:
                 shown[name].append({"prompt": what.prompt, "reply": text, "answer": what.answer, "reward": reward})
@@ -294,6 +297,22 @@ def build_rows(outcomes: dict[str, Outcome], stuff: Material, cfg: EvalConfig) -
     return rows
 
 
+def paired_changes(outcomes: dict[str, Outcome], rows: list[Row]) -> list[dict[str, Any]]:
+    """Each row's change from one model to the next (base→sft→rl) on the items both answered, with
+    the standard error of the per-item differences: paired, so item difficulty cancels out."""
+    columns = list(outcomes)
+    changes = []
+    for row in rows:
+        for before, after in zip(columns, columns[1:], strict=False):
+            a, b = outcomes[before].per_item.get(row.key), outcomes[after].per_item.get(row.key)
+            common = sorted(set(a or ()) & set(b or ()))
+            if len(common) < 2:
+                continue
+            diff = paired_difference([a[i] for i in common], [b[i] for i in common])
+            changes.append({"row": row.key, "from": before, "to": after} | diff)
+    return changes
+
+
 def run(ctx: StageContext) -> dict[str, float]:
     cfg: EvalConfig = ctx.config
     tokenizer = load(ctx.upstream["tokenizer"] / "tokenizer")
@@ -336,6 +355,12 @@ def run(ctx: StageContext) -> dict[str, float]:
         f"Tasks: share of held-out problems the task's reward accepts (greedy replies). Multiple choice: the "
         f"option with the highest {how}. ± one standard error; chance: guessing uniformly among the options."
     )
+    changes = paired_changes(outcomes, rows)
+    clear = [c for c in changes if abs(c["z"]) >= 2]
+    if clear:
+        note += " Paired changes of 2+ standard errors (same items): " + "; ".join(
+            f"{c['row']} {c['from']}→{c['to']} {c['difference']:+.3f} ± {c['difference_se']:.3f}" for c in clear
+        )
     text = markdown(rows, columns, title=f"eval: {', '.join(columns)}", note=note)
     out = ctx.output_dir
     (out / "table.json").write_text(json.dumps(table, indent=2) + "\n")
@@ -343,6 +368,7 @@ def run(ctx: StageContext) -> dict[str, float]:
     results = {
         "settings": cfg.model_dump(mode="json") | {"seed": ctx.seed, "seq_len": seq_len},
         "models": {key: {"rows": o.rows, "details": o.details} for key, o in outcomes.items()},
+        "paired_changes": changes,
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     samples = {key: o.samples for key, o in outcomes.items()}
