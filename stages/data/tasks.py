@@ -127,6 +127,9 @@ def _output_record(writer, doc) -> dict[str, Any]:
     meta = dict(doc.metadata)
     fields = {key: meta.pop(key, None) for key in ("url", "language", "language_score", "source")}
     meta.pop("minhash_cluster_id", None)
+    # JsonlReader records the intermediate shard it read (a scratch path deleted at commit): it
+    # would make the same documents differ between work dirs.
+    meta.pop("file_path", None)
     return {"id": doc.id, "text": doc.text, **fields, "metadata": meta}
 
 
