@@ -231,7 +231,7 @@ def fmt_bytes(n: float | None) -> str:
 def fmt_seconds(s: float | None) -> str:
     if s is None:
         return "–"
-    return f"{s:.1f}" if s < 600 else f"{s:.0f}"
+    return f"{s:,.1f}"
 
 
 def pct(part: float, whole: float) -> str:
@@ -442,16 +442,29 @@ def evaluation(view: RunView) -> Section:
     return Section(title, blocks) if blocks else not_run(title, "no stage wrote an eval table (`table.json`)")
 
 
+def in_step_order(points: Sequence[Any]) -> list[Any]:
+    """A metric history by step, without points logged after a later step: the runner logs a stage's
+    returned metrics at step 0 once it is done, which would otherwise pull the curve back to its start."""
+    ordered = sorted(points, key=lambda m: (m.step, m.timestamp))
+    kept, earliest_later = [], float("inf")
+    for point in reversed(ordered):
+        if point.timestamp <= earliest_later:
+            kept.append(point)
+            earliest_later = min(earliest_later, point.timestamp)
+    return kept[::-1]
+
+
 def _histories(client: Any, run_id: str, names: Iterable[str]) -> dict[str, list[tuple[int, float]]]:
     curves = {}
     for name in names:
-        points = client.get_metric_history(run_id, name)
+        history = client.get_metric_history(run_id, name)
+        if len({m.step for m in history}) == 1:  # logged without steps: plot in logging order
+            ordered = sorted(history, key=lambda m: m.timestamp)
+            points = [(i, m.value) for i, m in enumerate(ordered)]
+        else:
+            points = [(m.step, m.value) for m in in_step_order(history)]
         if len(points) > 1:
-            ordered = sorted(points, key=lambda m: (m.step, m.timestamp))
-            steps = [m.step for m in ordered]
-            if len(set(steps)) == 1:  # logged without steps: plot in logging order
-                steps = list(range(len(ordered)))
-            curves[name] = [(s, m.value) for s, m in zip(steps, ordered, strict=True)]
+            curves[name] = points
     return curves
 
 
