@@ -239,3 +239,13 @@ def test_z2h_run_writes_logs_and_prints_the_report(toy_registry, toy_config, cap
     assert client.get_run(run_id).data.tags["z2h.kind"] == "pipeline"
     logged = {a.path for a in client.list_artifacts(run_id, "report")}
     assert {"report/report.md", "report/report.html"} <= logged
+
+
+def test_curves_drop_the_summary_the_runner_logs_at_step_0():
+    """A stage's returned metrics are logged again at step 0 after its last step; curves skip that point."""
+    from mlflow.entities import Metric
+
+    history = [Metric("loss", 9.0, 100 + step, step) for step in (1, 2, 3)] + [Metric("loss", 3.0, 900, 0)]
+    assert [(m.step, m.value) for m in report_card.in_step_order(history)] == [(1, 9.0), (2, 9.0), (3, 9.0)]
+    early = [Metric("loss", 5.0, 50, 0), *history[:3]]
+    assert [m.step for m in report_card.in_step_order(early)] == [0, 1, 2, 3]
