@@ -20,6 +20,7 @@ from stages.common.model import save_pretrained
 from stages.rl.learner import Job, Result, train
 
 RESULT_FILE = "result.json"
+STARTUP_TRIES = 3
 
 
 def _worker(config: dict[str, Any]) -> None:
@@ -39,7 +40,7 @@ def _worker(config: dict[str, Any]) -> None:
 
 def fit(job: Job, tracker: Tracker | None, workers: int, cpus: float, gpus: float, storage: Path, into: Path) -> Result:
     """Train on `workers` Ray Train workers; the policy lands in `into/model`."""
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     resources = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
@@ -47,7 +48,14 @@ def fit(job: Job, tracker: Tracker | None, workers: int, cpus: float, gpus: floa
         _worker,
         train_loop_config={"job": job, "tracker": tracker},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus > 0, resources_per_worker=resources),
-        run_config=RunConfig(storage_path=str(storage), name=f"rl-{time.strftime('%Y%m%d-%H%M%S')}"),
+        run_config=RunConfig(
+            storage_path=str(storage),
+            name=f"rl-{time.strftime('%Y%m%d-%H%M%S')}",
+            # No checkpoints to resume from: a worker lost mid-run fails the stage (the runner may retry
+            # it). A worker group that cannot start (resources held by a crashed attempt's leftovers)
+            # fails after a few 60 s tries instead of Ray Train's default of retrying forever.
+            failure_config=FailureConfig(max_failures=0, controller_failure_limit=STARTUP_TRIES),
+        ),
     )
     outcome = trainer.fit()
     if outcome.checkpoint is None:
