@@ -3,6 +3,7 @@ with one MLflow parent run for the command and one nested run per stage."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -213,15 +214,32 @@ class Runner:
                 f"  [yellow]waiting[/] {item.name:<10} {item.fingerprint}  another z2h run is building it"
             )
 
-        with self.store.lock(item.name, item.fingerprint, on_wait=waiting):
+        with self.store.lock(item.name, item.fingerprint, on_wait=waiting) as held:
+            if held.previous:
+                self._close_dead_runs(item, held.previous)
             if not item.forced:
                 item.lookup = self.store.lookup(item.name, item.fingerprint)
                 if item.lookup.hit:
                     return self._reuse(parent, item)
             self.store.clear_staging(item.name, item.fingerprint)  # left by a run that was killed
-            return self._execute(parent, item, address)
+            return self._execute(parent, item, address, held)
 
-    def _execute(self, parent: Tracker, item: PlannedStage, address: str) -> StageOutcome:
+    def _close_dead_runs(self, item: PlannedStage, record: str) -> None:
+        """The last run building this stage died without a word (SIGKILL, OOM, power): its MLflow
+        runs would stay RUNNING forever. Mark them KILLED."""
+        try:
+            dead = json.loads(record)
+            client = lineage.Tracker(dead["tracking_uri"], dead["stage_run"]).client
+            for run_id in (dead["stage_run"], dead["pipeline_run"]):
+                if client.get_run(run_id).info.status == "RUNNING":
+                    client.set_terminated(run_id, status="KILLED")
+        except Exception:  # a record we cannot read or a store we cannot reach: nothing to clean
+            return
+        self.console.print(
+            f"  [yellow]note[/]    {item.name:<10} run {dead['pipeline_run']} died building it: marked KILLED"
+        )
+
+    def _execute(self, parent: Tracker, item: PlannedStage, address: str, held=None) -> StageOutcome:
         import ray
 
         if self.config.cluster.check_resources:  # nodes may have left since the run started
@@ -230,6 +248,10 @@ class Runner:
                 self.console.print(f"  [red]failed[/]  {item.name:<10} {problem}")
                 return StageOutcome(item.name, "failed", 0.0, item.fingerprint, "", {}, problem)
         tracker = self._stage_run(parent, item, {"z2h.cache": "miss"})
+        if held is not None:  # who is building it, for the run that finds this lock if we die
+            held.record(
+                json.dumps({"tracking_uri": self.uri, "pipeline_run": parent.run_id, "stage_run": tracker.run_id})
+            )
         staging = self.store.staging(item.name, item.fingerprint)
         log_file = self.workdir / "logs" / parent.run_id / f"{item.name}.log"
         job = StageJob(

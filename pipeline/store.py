@@ -3,6 +3,10 @@
 A stage writes into a staging folder next to its final place; the manifest is written
 last and the folder is renamed into place in one atomic step. No manifest means not
 done: an interrupted stage never leaves an entry that looks complete.
+
+`open_store` picks this store for a path (local, or a filesystem every node mounts) and
+`pipeline.remote_store.RemoteStore` for an fsspec URI. Both keep scratch folders and build
+locks (one `z2h run` builds a fingerprint at a time) under the work dir.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 MANIFEST = "manifest.json"
 _STAGING_PREFIX = ".staging-"
@@ -185,16 +190,30 @@ class Store:
         return build_lock(self.scratch_root, stage, fingerprint, on_wait)
 
 
+@dataclass
+class BuildLock:
+    """A held build lock. `previous` is what the last holder recorded and did not clear: it died
+    while building (a holder that returns or raises clears its record)."""
+
+    handle: Any
+    previous: str
+
+    def record(self, text: str) -> None:
+        self.handle.truncate(0)
+        self.handle.write(text)
+        self.handle.flush()
+
+
 @contextlib.contextmanager
 def build_lock(
     scratch_root: Path, stage: str, fingerprint: str, on_wait: Callable[[], None] | None = None
-) -> Iterator[None]:
+) -> Iterator[BuildLock]:
     """Held by the one `z2h run` building `stage/fingerprint`: runs sharing a work dir never write
     the same scratch folder at once. An flock, so the kernel releases it when its holder dies
     (and NFSv4 carries it between nodes). `on_wait` is called once if another run holds it."""
     path = scratch_root / stage / f".{fingerprint}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
+    with open(path, "a+") as handle:
         waited = False
         while True:
             try:
@@ -205,9 +224,12 @@ def build_lock(
                     on_wait()
                 waited = True
                 time.sleep(0.5)
+        handle.seek(0)
+        held = BuildLock(handle, handle.read().strip())
         try:
-            yield
+            yield held
         finally:
+            held.record("")
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 

@@ -205,12 +205,14 @@ def spread(cluster, tmp_path_factory):
 def test_data_and_pretrain_work_spreads_over_the_nodes(cluster, spread):
     assert spread["code"] == 0, spread["out"][-5000:]
     workers = {cluster.ids["w1"], cluster.ids["w2"]}
-    # Data: every filter task ran (once) on a worker node, and both worker nodes got some.
+    # Data: the filter tasks ran on both worker nodes, the bucket tasks on worker nodes too. (At
+    # least 4: Ray retries a stage task its memory monitor kills on a crowded machine, and the
+    # retry resubmits the shards, which return at once from their markers.)
     tasks = [t for t in cluster.tasks("filter_shard", "find_bucket_pairs") if t["state"] == "FINISHED"]
     filters = [t for t in tasks if t["name"] == "filter_shard"]
-    assert len(filters) == 4 and {t["node"] for t in filters} == workers
+    assert len(filters) >= 4 and {t["node"] for t in filters} == workers
     buckets = [t for t in tasks if t["name"] == "find_bucket_pairs"]
-    assert len(buckets) == 4 and {t["node"] for t in buckets} <= workers
+    assert len(buckets) >= 4 and {t["node"] for t in buckets} <= workers
 
     # Pretrain: each TP pair on one node, the two pipeline stages on different nodes.
     (entry,) = entries(spread["work"], "pretrain")
@@ -312,7 +314,11 @@ def test_killed_driver_rerun_reuses_finished_stages_and_resumes(cluster, spread)
     assert "cached  data" in out and "cached  tokenizer" in out and "running pretrain" in out
 
     client = MlflowClient(tracking_uri=cluster.tracking)
-    rerun = parents(client)[-1]
+    killed, rerun = parents(client)[-2:]
+    # The rerun found the dead run's record in the build lock and closed its MLflow runs.
+    assert f"run {killed.info.run_id} died building it: marked KILLED" in out
+    assert killed.info.status == "KILLED"
+    assert stage_runs(client, killed.info.run_id)["pretrain"].info.status == "KILLED"
     runs = stage_runs(client, rerun.info.run_id)
     producers = stage_runs(client, parents(client)[0].info.run_id)
     for name in ("data", "tokenizer"):
@@ -370,7 +376,7 @@ def test_node_death_during_data_redoes_only_unfinished_tasks(cluster, spread, tm
     for row in cluster.tasks(*phases):
         if row["task_id"] not in seen_before:
             attempts.setdefault(row["task_id"], []).append(row)
-    assert len(attempts) == 4 + 4 + 1 + 4
+    assert len(attempts) >= 4 + 4 + 1 + 4  # more if Ray's memory monitor made the stage task start over
     for rows in attempts.values():
         assert [r["state"] for r in rows].count("FINISHED") == 1, rows
     retried = {tid: rows for tid, rows in attempts.items() if any(r["attempt"] > 0 for r in rows)}

@@ -4,6 +4,8 @@ and a whole pipeline run whose store is a `file://` URI (the object-store code p
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -14,6 +16,8 @@ from mlflow import MlflowClient
 from pipeline import cli
 from pipeline.remote_store import RemoteStore
 from pipeline.store import MANIFEST, Manifest, open_store
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -149,3 +153,22 @@ def test_pipeline_on_a_file_uri_store(tmp_path: Path, toy_registry, capsys):
 
     assert cli.main(["plan", str(config), "--verify"]) == 0  # every sha256 checked through fsspec
     assert capsys.readouterr().out.count(" cached ") == 3
+
+
+def test_build_lock_tells_the_next_holder_that_the_last_one_died(tmp_path: Path):
+    from pipeline.store import build_lock
+
+    with build_lock(tmp_path, "s", "abc") as held:
+        assert held.previous == ""
+        held.record("run-1")
+    with build_lock(tmp_path, "s", "abc") as held:
+        assert held.previous == ""  # run-1 returned: its record went with it
+    # A holder killed while building leaves its record; the kernel releases its flock.
+    script = (
+        "import os, sys; from pathlib import Path; from pipeline.store import build_lock\n"
+        "lock = build_lock(Path(sys.argv[1]), 's', 'abc'); held = lock.__enter__(); held.record('run-2')\n"
+        "os._exit(9)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=REPO).returncode == 9
+    with build_lock(tmp_path, "s", "abc") as held:
+        assert held.previous == "run-2"
