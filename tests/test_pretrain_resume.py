@@ -4,11 +4,12 @@ the single-process trajectory."""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import pytest
 import torch
-from pretrain_support import run_job, small_config, write_shards
+from pretrain_support import VOCAB, run_job, small_config, write_shards
 from safetensors.torch import load_file
 
 from stages.common.shards import ShardError
@@ -65,3 +66,25 @@ def test_incomplete_checkpoints_are_ignored_and_data_position_must_fit(shards: P
     run_job(job(shards, tmp_path, halt=HALT))
     with pytest.raises(ShardError, match="cannot resume the data position"):
         run_job(job(shards, tmp_path, micro_batch=12, batch_tokens=384))
+
+
+class _Planted:
+    """A pickle that creates a file when unpickled: what a tampered `.metadata` could do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_checkpoint_with_swapped_metadata_is_refused_before_unpickling(shards: Path, tmp_path: Path) -> None:
+    run_job(job(shards, tmp_path, halt=HALT))
+    saved = checkpoint.complete(tmp_path / "ckpt")[-1]
+    planted = tmp_path / "unpickled"
+    (saved / checkpoint.METADATA_FILE).write_bytes(pickle.dumps(_Planted(planted)))
+    with pytest.raises(checkpoint.CheckpointError, match=f"checkpoint {saved}: .metadata has sha256"):
+        run_job(job(shards, tmp_path))
+    with pytest.raises(checkpoint.CheckpointError, match="refusing to unpickle"):
+        checkpoint.export(saved, small_config().model.gpt(VOCAB), tmp_path / "export")
+    assert not planted.exists()

@@ -2,12 +2,17 @@
 
 A checkpoint `step_NNNNNNNN/` holds DCP shards of the model and optimiser state (tensors only,
 keyed by parameter name, so it loads onto any mesh), `rng_<rank>.safetensors`, and `state.json`
-(step, loader position), written last by rank 0: a folder without `state.json` is incomplete.
-Nothing here unpickles: DCP reads tensors, the rest is JSON and safetensors.
+(step, loader position, sha256 of DCP's `.metadata`), written last by rank 0: a folder without
+`state.json` is incomplete.
+DCP's `.metadata` is a pickle that `dcp.load` unpickles (its tensor shards load with
+`weights_only=True`; the rest is JSON and safetensors). Its sha256, recorded when the checkpoint
+is written, is checked before every load: a metadata file swapped on shared storage is refused
+rather than unpickled.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -24,6 +29,11 @@ from stages.common.shards import ShardError, WindowLoader
 from stages.pretrain.mesh import Mesh
 
 STATE_FILE = "state.json"
+METADATA_FILE = ".metadata"  # DCP's pickled index of the shards
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that must not be loaded."""
 
 
 class _Shell(nn.Module):
@@ -63,15 +73,38 @@ def save(
     save_file({"cpu": torch.get_rng_state()}, str(path / f"rng_{mesh.rank}.safetensors"))
     mesh.barrier()
     if mesh.is_logger:
-        (path / STATE_FILE).write_text(json.dumps({"step": step, **extra}, indent=2))
+        state_json = {"step": step, **extra, "metadata_sha256": _metadata_sha256(path)}
+        (path / STATE_FILE).write_text(json.dumps(state_json, indent=2))
         for old in complete(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     mesh.barrier()
     return path
 
 
+def _metadata_sha256(path: Path) -> str:
+    return hashlib.sha256((path / METADATA_FILE).read_bytes()).hexdigest()
+
+
+def verify(path: Path) -> dict:
+    """state.json, once the metadata DCP will unpickle is the one recorded at save time."""
+    try:
+        saved = json.loads((path / STATE_FILE).read_text())
+        recorded, actual = saved["metadata_sha256"], _metadata_sha256(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path}: cannot check its {METADATA_FILE} ({exc!r}); not loading it"
+        ) from None
+    if recorded != actual:
+        raise CheckpointError(
+            f"checkpoint {path}: {METADATA_FILE} has sha256 {actual}, but {recorded} was recorded when it was "
+            "written; refusing to unpickle it (delete the checkpoint to start over)"
+        )
+    return saved
+
+
 def load(path: Path, parts: list[GPT], optimizer: torch.optim.Optimizer, mesh: Mesh) -> dict:
     """Load model + optimiser (resharding to this mesh) and this rank's RNG; returns state.json."""
+    saved = verify(path)
     state, groups = _states(parts, optimizer)
     dcp.load(state, checkpoint_id=path, no_dist=mesh.device_mesh is None)
     set_state_dict(
@@ -83,7 +116,7 @@ def load(path: Path, parts: list[GPT], optimizer: torch.optim.Optimizer, mesh: M
     rng = path / f"rng_{mesh.rank}.safetensors"
     if rng.is_file():  # absent when this mesh has more ranks than the one that saved
         torch.set_rng_state(load_file(str(rng))["cpu"])
-    return json.loads((path / STATE_FILE).read_text())
+    return saved
 
 
 def loader_state(loader: WindowLoader) -> dict[str, int]:
@@ -112,6 +145,7 @@ def restore_loader(loader: WindowLoader, saved: dict[str, int]) -> None:
 
 def export(path: Path, model_cfg: GPTConfig, folder: Path) -> GPT:
     """Consolidate a checkpoint's model into `model.safetensors` + `config.json` (one process)."""
+    verify(path)
     model = build(model_cfg, seed=0)
     state = {"model": model.state_dict()}
     dcp.load(state, checkpoint_id=path, no_dist=True)
