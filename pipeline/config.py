@@ -2,10 +2,14 @@
 
 Several `-c` files merge in order, then repeatable `--set a.b.c=value` overrides apply.
 Every problem is reported with its key path and reason before any work starts.
+
+`stages.X: null` (in a later file, or `--set stages.X=null`) removes stage X; a stage that needs
+it is then an error that says so. `X: {}` keeps a stage with its defaults.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +28,9 @@ class RunConfig(BaseModel):
     name: str = Field("z2h", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     workdir: Path = Path(".z2h")
     seed: int = Field(1337, ge=0)
-    tracking_uri: str | None = Field(None, description="default: sqlite:///<workdir>/mlflow.db")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db"
+    )
     store: str | None = Field(
         None, description="store root: a path or an fsspec URI (s3://, gs://, file://); default: <workdir>/store"
     )
@@ -48,7 +54,8 @@ class RunConfig(BaseModel):
 
     @property
     def tracking(self) -> str:
-        return self.tracking_uri or f"sqlite:///{self.workdir / 'mlflow.db'}"
+        """The one rule every command follows: the config (or --set) > $MLFLOW_TRACKING_URI > the work dir's."""
+        return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.workdir / 'mlflow.db'}"
 
 
 class ClusterConfig(BaseModel):
@@ -119,9 +126,12 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise UsageError(f"config {path}: no such file (configs/ holds the shipped ones, e.g. configs/tiny.yaml)")
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise UsageError(f"config {path}: cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise UsageError(f"config {path}: line {line}: not UTF-8 text (byte {exc.object[exc.start]:#04x})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -148,25 +158,32 @@ def format_errors(prefix: str, error: ValidationError) -> list[str]:
     return lines
 
 
+def _section(value: Any, path: str, model: type[BaseModel], errors: list[str]) -> Any:
+    """`value` validated as `model` (None counts as empty); problems go to `errors` with their key path."""
+    if value is None:
+        value = {}
+    if not isinstance(value, Mapping):
+        errors.append(f"{path}: must be a mapping, got {type(value).__name__}")
+        return None
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        errors.extend(format_errors(path, exc))
+        return None
+
+
+def _raise(errors: list[str]) -> None:
+    if errors:
+        raise UsageError("invalid config:\n  " + "\n  ".join(errors))
+
+
 def validate(raw: Mapping[str, Any], registry: Mapping[str, Stage], sources: Iterable[str] = ()) -> PipelineConfig:
     errors: list[str] = []
     for key in raw:
         if key not in ("run", "cluster", "stages"):
             errors.append(f"{key}: unknown section (expected run, cluster, stages)")
-
-    def section(name: str, model: type[BaseModel]) -> Any:
-        value = raw.get(name) or {}
-        if not isinstance(value, Mapping):
-            errors.append(f"{name}: must be a mapping, got {type(value).__name__}")
-            return None
-        try:
-            return model.model_validate(value)
-        except ValidationError as exc:
-            errors.extend(format_errors(name, exc))
-            return None
-
-    run = section("run", RunConfig)
-    cluster = section("cluster", ClusterConfig)
+    run = _section(raw.get("run"), "run", RunConfig, errors)
+    cluster = _section(raw.get("cluster"), "cluster", ClusterConfig, errors)
     stages_raw = raw.get("stages") or {}
     stages: dict[str, StageConfig] = {}
     if not isinstance(stages_raw, Mapping):
@@ -177,37 +194,62 @@ def validate(raw: Mapping[str, Any], registry: Mapping[str, Stage], sources: Ite
         if stage is None:
             errors.append(f"stages.{name}: unknown stage (known: {', '.join(sorted(registry)) or 'none'})")
             continue
-        if body is not None and not isinstance(body, Mapping):
-            errors.append(f"stages.{name}: must be a mapping, got {type(body).__name__}")
+        if body is None:  # null removes the stage
             continue
-        try:
-            stages[name] = stage.config_model.model_validate(body or {})
-        except ValidationError as exc:
-            errors.extend(format_errors(f"stages.{name}", exc))
+        checked = _section(body, f"stages.{name}", stage.config_model, errors)
+        if checked is not None:
+            stages[name] = checked
     for name in stages:
         for need in registry[name].needs:
-            if need not in stages_raw:
+            if need in stages_raw and stages_raw[need] is None:
+                errors.append(
+                    f"stages.{name}: needs stage '{need}', which this config removes (stages.{need}: null); "
+                    f"remove {name} too (stages.{name}: null) or give {need} its settings"
+                )
+            elif need not in stages_raw:
                 errors.append(f"stages.{name}: needs stage '{need}', which this config does not define")
-    if errors:
-        raise UsageError("invalid config:\n  " + "\n  ".join(errors))
+    _raise(errors)
     config = PipelineConfig(run=run, cluster=cluster, stages=stages, sources=tuple(sources))
     for name, stage_config in stages.items():
         try:
             stage_config.check_against(config)
         except ValueError as exc:
             errors.append(f"stages.{name}.{exc}" if not str(exc).startswith("stages.") else str(exc))
-    if errors:
-        raise UsageError("invalid config:\n  " + "\n  ".join(errors))
+    _raise(errors)
     return config
+
+
+def read_all(paths: Iterable[Path | str], overrides: Iterable[str]) -> dict[str, Any]:
+    """The files merged in order, then the overrides applied; not validated yet."""
+    raw: dict[str, Any] = {}
+    for path in paths:
+        raw = deep_merge(raw, read_yaml(Path(path)))
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return raw
 
 
 def load(paths: Iterable[Path | str], overrides: Iterable[str], registry: Mapping[str, Stage]) -> PipelineConfig:
     paths = [Path(p) for p in paths]
     if not paths:
         raise UsageError("no config given: pass one, e.g. `z2h run configs/tiny.yaml`")
-    raw: dict[str, Any] = {}
-    for path in paths:
-        raw = deep_merge(raw, read_yaml(path))
-    for assignment in overrides:
-        apply_override(raw, assignment)
-    return validate(raw, registry, sources=[str(p) for p in paths])
+    return validate(read_all(paths, overrides), registry, sources=[str(p) for p in paths])
+
+
+def run_section(raw: Mapping[str, Any]) -> RunConfig:
+    """Only `run` (where a run lives: work dir, store, tracking), for commands that read a run's files
+    and never build a stage: other sections are not validated, so no stage is imported."""
+    errors: list[str] = []
+    run = _section(raw.get("run"), "run", RunConfig, errors)
+    _raise(errors)
+    return run
+
+
+def stage_section(raw: Mapping[str, Any], stage: Stage) -> StageConfig:
+    """One stage's section (its defaults when absent or null), for that stage's own commands."""
+    stages_raw = raw.get("stages")
+    body = stages_raw.get(stage.name) if isinstance(stages_raw, Mapping) else None
+    errors: list[str] = []
+    checked = _section(body, f"stages.{stage.name}", stage.config_model, errors)
+    _raise(errors)
+    return checked

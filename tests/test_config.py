@@ -99,3 +99,45 @@ def test_resolved_config_round_trips(toy_registry, toy_config, tmp_path):
     config = config_io.load([toy_config], ["stages.words.count=42"], toy_registry)
     again = config_io.load([write(tmp_path, "resolved.yaml", config.to_yaml())], [], toy_registry)
     assert again.to_dict() == config.to_dict()
+
+
+def test_a_config_that_is_not_utf8_is_a_usage_error_naming_the_file(toy_registry, tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("run:\n  name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(UsageError, match=r"latin1.yaml: line 2: not UTF-8 text \(byte 0xe9\)"):
+        config_io.load([path], [], toy_registry)
+
+
+def test_null_removes_a_stage_and_its_dependants_must_go_too(toy_registry, toy_config):
+    config = config_io.load([toy_config], ["stages.model=null"], toy_registry)
+    assert list(config.stages) == ["words", "count"]
+    with pytest.raises(UsageError) as caught:
+        config_io.load([toy_config], ["stages.words=null"], toy_registry)
+    assert "stages.count: needs stage 'words', which this config removes (stages.words: null)" in str(caught.value)
+    with pytest.raises(UsageError, match="stages.nosuch: unknown stage"):
+        config_io.load([toy_config], ["stages.nosuch=null"], toy_registry)
+    kept = config_io.load([toy_config], ["stages.model={}"], toy_registry)
+    assert kept.stages["model"].dim == toy_registry["model"].config_model().dim  # {} keeps it with defaults
+
+
+def test_tracking_uri_config_beats_the_environment_which_beats_the_default(toy_registry, toy_config, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    default = config_io.load([toy_config], [], toy_registry).run
+    assert default.tracking == f"sqlite:///{default.workdir / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env-host:5000")
+    assert config_io.load([toy_config], [], toy_registry).run.tracking == "http://env-host:5000"
+    explicit = config_io.load([toy_config], ["run.tracking_uri=http://mine:5000"], toy_registry)
+    assert explicit.run.tracking == "http://mine:5000"
+
+
+def test_run_section_alone_reads_no_stage_and_stage_section_one(toy_registry, toy_config):
+    raw = config_io.read_all([toy_config], ["stages.nosuch.x=1", "run.seed=3"])  # a stage error is not its business
+    run = config_io.run_section(raw)
+    assert (run.name, run.seed) == ("toy", 3)
+    assert config_io.run_section({}).workdir.name == ".z2h"
+    assert config_io.stage_section(raw, toy_registry["count"]).top == 3
+    assert config_io.stage_section({}, toy_registry["count"]) == toy_registry["count"].config_model()
+    with pytest.raises(UsageError, match="run.seed: Input should be greater than or equal to 0"):
+        config_io.run_section(config_io.read_all([toy_config], ["run.seed=-1"]))
+    with pytest.raises(UsageError, match="stages.count.top: "):
+        config_io.stage_section(config_io.read_all([toy_config], ["stages.count.top=0"]), toy_registry["count"])
