@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.util
 import json
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -18,32 +20,127 @@ from pipeline.errors import UsageError
 from pipeline.stage import Resources, Stage, StageConfig
 from pipeline.store import Lookup, Store
 
-
-@cache
-def package_hash(package: str) -> str:
-    """sha256 over every .py file of a package (or a single module), by relative path."""
-    spec = importlib.util.find_spec(package)
-    if spec is None:
-        raise UsageError(f"cannot find package '{package}' to fingerprint its source")
-    if spec.submodule_search_locations:
-        roots = [Path(p) for p in spec.submodule_search_locations]
-        files = sorted((root, f) for root in roots for f in root.rglob("*.py"))
-    else:
-        origin = Path(spec.origin)
-        files = [(origin.parent, origin)]
-    digest = hashlib.sha256()
-    for root, path in files:
-        digest.update(path.relative_to(root).as_posix().encode())
-        digest.update(b"\0")
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
+# Top-level packages whose modules count as stage code when a stage imports them, besides the stage's
+# own top-level package: shared code lives in `stages.common`.
+SHARED_CODE = ("stages",)
 
 
 def code_hash(stage: Stage) -> str:
+    """sha256 over the source of every module the stage's code uses (see `code_files`)."""
     digest = hashlib.sha256()
-    for package in sorted(set(stage.source_packages())):
-        digest.update(f"{package}:{package_hash(package)}\n".encode())
+    for key, path in sorted(code_files(stage).items()):
+        digest.update(f"{key}:{file_hash(path)}\n".encode())
     return digest.hexdigest()
+
+
+def code_files(stage: Stage) -> dict[str, Path]:
+    """The source files a stage's fingerprint covers, by path under their import root: every file of
+    the stage's own package and of its declared `code`, plus each project module (of its own top-level
+    package or of `SHARED_CODE`) those files import, transitively, with the `__init__.py` files that
+    importing it runs. Found statically (`ast`), so imports inside functions count too; editing a
+    module the stage never imports leaves its fingerprint alone."""
+    own = _own_package(stage)
+    project = {own.partition(".")[0], *SHARED_CODE}
+    found: dict[str, Path] = {}
+    todo: list[tuple[str, Path]] = []
+
+    def add(module: str, path: Path) -> None:
+        key = path.relative_to(_root(module)).as_posix()
+        if key not in found:
+            found[key] = path
+            todo.append((module, path))
+
+    for name in (own, *stage.code):
+        files = _package_files(name)
+        if not files:
+            raise UsageError(f"stage '{stage.name}': cannot find module '{name}' to fingerprint its source")
+        for module, path in [*_module_and_parents(name), *files]:
+            add(module, path)
+    while todo:
+        module, path = todo.pop()
+        for imported in _imports(path, module):
+            if imported.partition(".")[0] in project:
+                for parent, source in _module_and_parents(imported):
+                    add(parent, source)
+    return found
+
+
+@cache
+def file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _own_package(stage: Stage) -> str:
+    """The package defining the stage's `run` (the module itself for a one-file stage)."""
+    module = sys.modules[stage.run.__module__]
+    if Path(module.__file__ or "").name == "__init__.py":
+        return module.__name__
+    return module.__name__.rpartition(".")[0] or module.__name__
+
+
+@cache
+def _root(module: str) -> Path:
+    """The folder a module's top-level package is imported from (its sys.path entry)."""
+    spec = importlib.util.find_spec(module.partition(".")[0])
+    if spec is None or not (spec.origin or spec.submodule_search_locations):
+        raise UsageError(f"cannot find package '{module}' to fingerprint its source")
+    if spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations))).parent
+    return Path(spec.origin).parent
+
+
+@cache
+def _module_file(name: str) -> Path | None:
+    """The source file of module `name` (a package's `__init__.py`), found without importing it; None
+    for names that are no source file (an attribute, a built-in or compiled module)."""
+    if importlib.util.find_spec(name.partition(".")[0]) is None:
+        return None
+    base = _root(name).joinpath(*name.split("."))
+    for candidate in (base / "__init__.py", base.with_name(base.name + ".py")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _package_files(name: str) -> list[tuple[str, Path]]:
+    """(module, file) for every .py file of package `name`, or for the one file of module `name`."""
+    source = _module_file(name)
+    if source is None or source.name != "__init__.py":
+        return [(name, source)] if source else []
+    files = []
+    for path in sorted(source.parent.rglob("*.py")):
+        parts = path.relative_to(source.parent).with_suffix("").parts
+        parts = parts[:-1] if parts[-1] == "__init__" else parts
+        files.append((".".join((name, *parts)), path))
+    return files
+
+
+def _module_and_parents(name: str) -> list[tuple[str, Path]]:
+    """(module, file) for a module and each package above it: importing it runs them all."""
+    parts = name.split(".")
+    names = [".".join(parts[:end]) for end in range(1, len(parts) + 1)]
+    return [(module, path) for module in names if (path := _module_file(module)) is not None]
+
+
+@cache
+def _imports(path: Path, module: str) -> frozenset[str]:
+    """Absolute names of the modules a source file imports (`from a import b` counts `a.b` when that is
+    a module of ours), relative imports resolved against `module`, the file's own name."""
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except SyntaxError as exc:
+        raise UsageError(f"{path}:{exc.lineno}: cannot parse it to fingerprint the stage's code ({exc.msg})") from None
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            source = ".".join(part for part in (base, node.module) if part)
+            names.add(source)
+            names |= {f"{source}.{alias.name}" for alias in node.names if _module_file(f"{source}.{alias.name}")}
+    return frozenset(names)
 
 
 def fingerprint_config(model: BaseModel) -> dict[str, Any]:

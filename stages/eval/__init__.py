@@ -51,7 +51,6 @@ stage = Stage(
     run=run,
     needs=("tokenizer", "pretrain", "sft", "rl"),
     resources=resources,
-    code=("stages.common",),
     commands={
         "chat": StageCommand(
             help="chat in the terminal with the latest model (or a run id / model folder); streams tokens",

@@ -39,7 +39,6 @@ stage = Stage(
     run=run,
     needs=("tokenizer",),
     resources=resources,
-    code=("stages.common",),
     summary=summary,
     description="GPT pretraining on Ray Train with pipeline, data (FSDP2) and tensor parallelism; DCP checkpoints",
 )

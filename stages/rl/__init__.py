@@ -32,7 +32,6 @@ stage = Stage(
     run=run,
     needs=("sft", "tokenizer"),
     resources=resources,
-    code=("stages.common",),
     description="GRPO from verifiable rewards: Ray rollout actors + a Ray Train learner",
     summary=summary,
 )

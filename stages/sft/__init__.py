@@ -17,6 +17,5 @@ stage = Stage(
     run=run,
     needs=("pretrain", "tokenizer"),
     resources=resources,
-    code=("stages.common",),
     description="supervised finetuning on chat conversations (ShareGPT + arithmetic), loss on assistant tokens",
 )

@@ -17,6 +17,5 @@ stage = Stage(
     run=run,
     needs=("data",),
     resources=resources,
-    code=("stages.common",),
     description="train a byte-level BPE (GPT-4 split, chat special tokens) and encode documents into token shards",
 )

@@ -1,0 +1,94 @@
+"""A stage's fingerprint covers the code it uses: its own package and the project modules it imports,
+transitively, and nothing else."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+
+from pipeline import config as config_io
+from pipeline import graph, registry
+from pipeline.errors import UsageError
+from pipeline.stage import Stage, StageConfig
+from pipeline.store import open_store
+
+COUNTDOWN = "stages/common/tasks/countdown.py"
+
+
+def write_package(root: Path) -> None:
+    files = {
+        "walk/__init__.py": "",
+        "walk/alpha/__init__.py": "from walk.alpha.run import run\n",
+        "walk/alpha/run.py": "from ..shared import used\n\n\ndef run(ctx):\n    from walk.shared.lazy import THING\n"
+        "    return {'x': used.X + THING}\n",
+        "walk/shared/__init__.py": "",
+        "walk/shared/used.py": "X = 1\n",
+        "walk/shared/lazy.py": "THING = 2\n",
+        "walk/shared/unused.py": "Y = 3\n",
+    }
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+
+
+def test_imports_are_followed_relative_lazy_and_transitive(tmp_path, monkeypatch):
+    write_package(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    stage = Stage("alpha", StageConfig, importlib.import_module("walk.alpha").run)
+    files = graph.code_files(stage)
+    assert set(files) == {
+        "walk/__init__.py",
+        "walk/alpha/__init__.py",
+        "walk/alpha/run.py",
+        "walk/shared/__init__.py",
+        "walk/shared/used.py",
+        "walk/shared/lazy.py",
+    }
+    before = graph.code_hash(stage)
+    (tmp_path / "walk/shared/unused.py").write_text("Y = 4\n")
+    graph.file_hash.cache_clear()
+    assert graph.code_hash(stage) == before
+    (tmp_path / "walk/shared/lazy.py").write_text("THING = 5\n")
+    graph.file_hash.cache_clear()
+    assert graph.code_hash(stage) != before
+    declared = Stage("alpha", StageConfig, stage.run, code=("walk.shared.unused",))
+    assert "walk/shared/unused.py" in graph.code_files(declared)
+
+
+def test_an_unknown_declared_module_is_a_usage_error(tmp_path, monkeypatch):
+    write_package(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    stage = Stage("alpha", StageConfig, importlib.import_module("walk.alpha").run, code=("walk.nope",))
+    with pytest.raises(UsageError, match="stage .alpha.: cannot find module 'walk.nope'"):
+        graph.code_files(stage)
+
+
+@pytest.fixture(scope="module")
+def real_stages():
+    return registry.stages()
+
+
+def test_shared_code_counts_only_for_the_stages_that_import_it(real_stages):
+    files = {name: graph.code_files(stage) for name, stage in real_stages.items()}
+    assert COUNTDOWN in files["rl"] and COUNTDOWN in files["eval"]
+    assert COUNTDOWN not in files["tokenizer"] and COUNTDOWN not in files["data"]
+    assert "stages/common/packages.py" in files["data"]  # the sample corpus fetches pinned archives
+    assert not any(key.startswith("stages/rl/") for key in files["eval"])  # stages never import each other
+
+
+def test_editing_a_module_only_rl_uses_refingerprints_rl_and_not_the_tokenizer(real_stages, tmp_path, monkeypatch):
+    tiny = config_io.load([Path(__file__).parent.parent / "configs" / "tiny.yaml"], [], real_stages)
+
+    def fingerprints() -> dict[str, str]:
+        plan = graph.build_plan(tiny, real_stages, open_store(None, tmp_path))
+        return {item.name: item.fingerprint for item in plan.stages}
+
+    base = fingerprints()
+    real = graph.file_hash
+    monkeypatch.setattr(graph, "file_hash", lambda path: real(path) + ("!" if path.match(COUNTDOWN) else ""))
+    edited = fingerprints()
+    assert edited["rl"] != base["rl"] and edited["eval"] != base["eval"]
+    assert edited["tokenizer"] == base["tokenizer"] and edited["data"] == base["data"]
+    assert edited["pretrain"] == base["pretrain"]
