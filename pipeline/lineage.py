@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UsageError
+from pipeline.store import MANIFEST
 
 SOURCE_TAG = "z2h"
 DATASET_CONTEXT = "mlflow.data.context"
@@ -247,3 +248,22 @@ def start_run(
 def end_run(tracker: Tracker, status: str) -> None:
     """status: FINISHED | FAILED | KILLED"""
     tracker.client.set_terminated(tracker.run_id, status=status)
+
+
+def upstream_model_id(tracker: Tracker, entry: Path, logger: logging.Logger) -> str | None:
+    """The LoggedModel registered by the run that produced the store entry `entry` (its manifest
+    names the run), so a new model can name the one it started from. None, with a warning, when that
+    lineage is missing: a model without it must still train."""
+    try:
+        run_id = json.loads((entry / MANIFEST).read_text())["run_id"]
+        experiment = tracker.client.get_run(run_id).info.experiment_id
+        found = tracker.client.search_logged_models(
+            experiment_ids=[experiment], filter_string=f"source_run_id = '{run_id}'", max_results=1
+        )
+    except Exception as exc:  # no manifest, no run id, or the tracking store has no such run
+        logger.warning("no model lineage for %s (%s: %s); the link is skipped", entry, type(exc).__name__, exc)
+        return None
+    if not found:
+        logger.warning("run %s (%s) registered no LoggedModel; the link is skipped", run_id, entry)
+        return None
+    return found[0].model_id

@@ -1,5 +1,5 @@
-"""The pretrain stage's task: start a Ray Train worker group (one worker: train right here),
-collect the model it exports.
+"""The pretrain stage's task: train on a Ray Train worker group (one worker: train right here),
+collect the model rank 0 exports.
 
 Outputs (relative to the stage folder):
   model/model.safetensors, model/config.json    load with stages.common.model.load_pretrained
@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
 
 from pipeline.stage import StageContext
 from stages.common.shards import Split
+from stages.common.worker_group import WorkerGroup, launch
 from stages.pretrain.config import PretrainConfig
 from stages.pretrain.measure import unigram_loss
 from stages.pretrain.train import Job, train
@@ -34,7 +37,6 @@ def run(ctx: StageContext) -> dict[str, float]:
         shards=upstream / "shards",
         checkpoints=ctx.scratch_dir / "checkpoints",
         seed=ctx.seed,
-        export_dir=final / "model",
         tokenizer=upstream / "tokenizer",
         tracker=ctx.tracker,
         progress=ctx.progress if cfg.progress else None,
@@ -49,10 +51,12 @@ def run(ctx: StageContext) -> dict[str, float]:
         cfg.batch_tokens,
     )
     if cfg.world == 1:  # the stage task holds the worker's CPUs/GPUs: train here, no worker group
-        _write_stats(job, train(job).metrics)
-        shutil.copytree(final, ctx.output_dir, dirs_exist_ok=True)
+        _train(job, final)
     else:
-        _fit(ctx, job).checkpoint.to_directory(str(ctx.output_dir))
+        # A lost worker restarts the group, which resumes from the last DCP checkpoint in scratch.
+        group = WorkerGroup("pretrain", cfg.world, cfg.cpus_per_worker, cfg.gpus_per_worker, cfg.max_failures)
+        launch(partial(_worker, job), group, ctx.scratch_dir / "ray_train", final)
+    shutil.copytree(final, ctx.output_dir, dirs_exist_ok=True)
     stats_file = ctx.output_dir / "train_stats.json"
     stats = json.loads(stats_file.read_text())
     metrics = stats["metrics"]
@@ -70,48 +74,22 @@ def run(ctx: StageContext) -> dict[str, float]:
     return {key: metrics[key] for key in HEADLINE if key in metrics} | metrics
 
 
-def _fit(ctx: StageContext, job: Job):
-    """The Ray Train group (the stage task itself holds no resources); restarts from the last
-    checkpoint on a worker failure, up to `max_failures` times.
-
-    PACK fills nodes one after another and Ray Train numbers ranks node by node, so with TP
-    innermost a TP group lands on one node whenever each node holds whole groups (the runner
-    checks the cluster can, `_placement` checks it happened); PP and DP span nodes."""
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    cfg = job.cfg
-    per_worker = {"CPU": cfg.cpus_per_worker} | ({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {})
-    trainer = TorchTrainer(
-        train_loop_per_worker=_worker,
-        train_loop_config={"job": job},
-        scaling_config=ScalingConfig(
-            num_workers=cfg.world,
-            use_gpu=cfg.gpus_per_worker > 0,
-            resources_per_worker=per_worker,
-            placement_strategy="PACK",
-        ),
-        run_config=RunConfig(
-            name=f"pretrain-{ctx.fingerprint[:12]}-{int(time.time())}",
-            storage_path=str(ctx.scratch_dir / "ray_train"),
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
-        ),
-    )
-    return trainer.fit()
+def _train(job: Job, out: Path | None, placement: list[dict] | None = None) -> dict[str, float]:
+    """Train; rank 0's `out` receives the exported model and train_stats.json (None on other ranks)."""
+    metrics = train(replace(job, export_dir=out / "model" if out is not None else None)).metrics
+    if out is not None:
+        stats = {"metrics": metrics, "config": job.cfg.model_dump(mode="json")}
+        if placement:
+            stats["placement"] = placement
+        (out / "train_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    return metrics
 
 
-def _worker(config: dict) -> None:
-    """Runs on every Ray Train worker; rank 0 hands the exported model back as a Ray checkpoint."""
-    import ray.train
-
-    job: Job = config["job"]
-    placement = _placement(job.cfg.tp)
-    result = train(job)
-    if ray.train.get_context().get_world_rank() != 0:
-        ray.train.report({}, checkpoint=None)
-        return
-    _write_stats(job, result.metrics, placement)
-    ray.train.report(result.metrics, checkpoint=ray.train.Checkpoint.from_directory(str(job.export_dir.parent)))
+def _worker(job: Job, out: Path | None) -> dict[str, float]:
+    """One Ray Train worker's share. The launcher's PACK placement keeps a TP group (adjacent ranks)
+    on one node whenever each node holds whole groups (the runner checks the cluster can,
+    `_placement` checks it happened); PP and DP span nodes."""
+    return _train(job, out, _placement(job.cfg.tp))
 
 
 def _placement(tp: int) -> list[dict]:
@@ -138,10 +116,3 @@ def _placement(tp: int) -> list[dict]:
                 f"choose tp so that every node holds whole groups (tp={tp})"
             )
     return everyone
-
-
-def _write_stats(job: Job, metrics: dict[str, float], placement: list[dict] | None = None) -> None:
-    stats = {"metrics": metrics, "config": job.cfg.model_dump(mode="json")}
-    if placement:
-        stats["placement"] = placement
-    (job.export_dir.parent / "train_stats.json").write_text(json.dumps(stats, indent=2) + "\n")

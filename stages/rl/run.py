@@ -10,41 +10,36 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import fields
+from dataclasses import asdict, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from pipeline.lineage import DatasetRef
+from pipeline.lineage import DatasetRef, Tracker, upstream_model_id
 from pipeline.stage import StageContext
 from stages.common import packages, tasks
 from stages.common.chat import ASSISTANT_END, render_prompt
 from stages.common.generate import Sampling
-from stages.common.model import GPTConfig
+from stages.common.model import GPTConfig, save_pretrained
 from stages.common.tasks import Problem, Skips, Task
 from stages.common.tokenizer import Tokenizer, load
+from stages.common.worker_group import WorkerGroup, launch
 from stages.rl.config import RLConfig
-from stages.rl.learner import Job, Settings
+from stages.rl.learner import Job, Result, Settings, train
 from stages.rl.rollout import ActorPool, Item, Sampler, SamplerSpec
-from stages.rl.trainer import fit
 
 HEADLINE = ("accuracy_before", "accuracy_after", "accuracy_gain", "accuracy_gain_se", "heldout_problems")
+RESULT_FILE = "result.json"
 
 
-def upstream_model_id(ctx: StageContext, stage: str = "sft") -> str | None:
-    """The LoggedModel the upstream stage registered from its run, found by source run id."""
-    try:
-        run_id = json.loads((ctx.upstream[stage] / "manifest.json").read_text())["run_id"]
-        experiment = ctx.tracker.client.get_run(run_id).info.experiment_id
-        found = ctx.tracker.client.search_logged_models(
-            experiment_ids=[experiment], filter_string=f"source_run_id = '{run_id}'", max_results=1
-        )
-    except Exception as exc:  # a policy without lineage must not stop RL
-        ctx.logger.warning("rl: no %s model lineage (%s: %s)", stage, type(exc).__name__, exc)
-        return None
-    if not found:
-        ctx.logger.warning("rl: the %s run %s registered no LoggedModel; the link is skipped", stage, run_id)
-        return None
-    return found[0].model_id
+def _learner(job: Job, tracker: Tracker, out: Path | None) -> dict[str, float]:
+    """One Ray Train worker's share of the learner. The rollout actors travel inside the job as
+    handles; only rank 0 talks to them, and hands back the policy and the results in `out`."""
+    model, result = train(job, tracker.log_metrics)
+    if out is not None:
+        save_pretrained(model, out / "model")
+        (out / RESULT_FILE).write_text(json.dumps(asdict(result)))
+    return result.metrics
 
 
 def make_task(cfg: RLConfig, workdir: Path) -> Task:
@@ -156,19 +151,16 @@ def run(ctx: StageContext) -> dict[str, float]:
             pad_id=stop_id,
         )
         landing = ctx.scratch_dir / "result"
-        shutil.rmtree(landing, ignore_errors=True)
-        result = fit(
-            job,
-            ctx.tracker,
-            cfg.learner_workers,
-            cfg.learner_cpus,
-            cfg.learner_gpus,
+        launch(
+            partial(_learner, job, ctx.tracker),
+            WorkerGroup("rl", cfg.learner_workers, cfg.learner_cpus, cfg.learner_gpus),
             ctx.scratch_dir / "ray_train",
             landing,
         )
     finally:
         for actor in actors:
             ray.kill(actor)
+    result = Result(**json.loads((landing / RESULT_FILE).read_text()))
     shutil.copytree(landing / "model", ctx.output_dir / "model")
 
     metrics = dict(result.metrics)
@@ -197,7 +189,7 @@ def run(ctx: StageContext) -> dict[str, float]:
     ctx.tracker.log_model(
         "rl",
         ctx.output_dir / "model",
-        base_model_id=upstream_model_id(ctx),
+        base_model_id=upstream_model_id(ctx.tracker, ctx.upstream["sft"], ctx.logger),
         params={
             "task": {"name": cfg.task.name, "options": task.options()},
             "datasets": {d.name: d.digest for d in datasets},

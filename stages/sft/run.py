@@ -10,37 +10,32 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import fields
+from functools import partial
+from pathlib import Path
 
+from pipeline.lineage import Tracker, upstream_model_id
 from pipeline.stage import StageContext
 from stages.common import arith, packages
 from stages.common.chat import ASSISTANT_END, prompt_and_reply
-from stages.common.model import GPTConfig
+from stages.common.model import GPTConfig, save_pretrained
 from stages.common.tokenizer import Tokenizer, load
+from stages.common.worker_group import WorkerGroup, launch
 from stages.sft.config import SFTConfig
 from stages.sft.data import Prepared, prepare
-from stages.sft.train import Job, Settings
-from stages.sft.trainer import fit
+from stages.sft.train import Job, Settings, train
 
 HEADLINE = ("heldout_loss_before", "heldout_loss_after", "adherence")
 SAMPLES = 8
+REPLIES_FILE = "replies.json"
 
 
-def base_model_id(ctx: StageContext) -> str | None:
-    """The LoggedModel the pretrain stage registered from its run, found by source run id."""
-    manifest = ctx.upstream["pretrain"] / "manifest.json"
-    try:
-        run_id = json.loads(manifest.read_text())["run_id"]
-        experiment = ctx.tracker.client.get_run(run_id).info.experiment_id
-        found = ctx.tracker.client.search_logged_models(
-            experiment_ids=[experiment], filter_string=f"source_run_id = '{run_id}'", max_results=1
-        )
-    except Exception as exc:  # a base model without lineage must not stop finetuning
-        ctx.logger.warning("sft: no base model lineage (%s: %s)", type(exc).__name__, exc)
-        return None
-    if not found:
-        ctx.logger.warning("sft: the pretrain run %s registered no LoggedModel; base model link skipped", run_id)
-        return None
-    return found[0].model_id
+def _worker(job: Job, tracker: Tracker, out: Path | None) -> dict[str, float]:
+    """One Ray Train worker's share; rank 0 hands back the model and its sample replies in `out`."""
+    model, metrics, replies = train(job, tracker.log_metrics)
+    if out is not None:
+        save_pretrained(model, out / "model")
+        (out / REPLIES_FILE).write_text(json.dumps(replies))
+    return metrics
 
 
 def _job(ctx: StageContext, data: Prepared, tokenizer: Tokenizer) -> Job:
@@ -104,16 +99,13 @@ def run(ctx: StageContext) -> dict[str, float]:
     ctx.tracker.log_datasets(data.datasets, context="training")
 
     landing = ctx.scratch_dir / "result"
-    shutil.rmtree(landing, ignore_errors=True)
-    metrics, replies = fit(
-        _job(ctx, data, tokenizer),
-        ctx.tracker,
-        cfg.workers,
-        cfg.cpus_per_worker,
-        cfg.gpus_per_worker,
+    metrics = launch(
+        partial(_worker, _job(ctx, data, tokenizer), ctx.tracker),
+        WorkerGroup("sft", cfg.workers, cfg.cpus_per_worker, cfg.gpus_per_worker),
         ctx.scratch_dir / "ray_train",
         landing,
     )
+    replies = json.loads((landing / REPLIES_FILE).read_text())
     shutil.copytree(landing / "model", ctx.output_dir / "model")
 
     metrics |= {
@@ -134,7 +126,7 @@ def run(ctx: StageContext) -> dict[str, float]:
     ctx.tracker.log_model(
         "sft",
         ctx.output_dir / "model",
-        base_model_id=base_model_id(ctx),
+        base_model_id=upstream_model_id(ctx.tracker, ctx.upstream["pretrain"], ctx.logger),
         params={
             "config": cfg.model_dump(mode="json"),
             "seq_len": seq_len,
