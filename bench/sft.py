@@ -21,7 +21,7 @@ from pathlib import Path
 
 from accelerate.state import AcceleratorState
 
-from stages.common import arith
+from stages.common import tasks
 from stages.common.chat import ASSISTANT_END
 from stages.common.model import GPTConfig, build, save_pretrained
 from stages.sft.config import SFTConfig, SourceConfig
@@ -32,7 +32,7 @@ from stages.tokenizer.train import train_tokenizer
 
 
 def tokenizer_texts(sharegpt: SourceConfig, cache: Path, conversations: int = 2000) -> list[str]:
-    texts = [p.question + "\n" + p.solution for p in arith.problems(seed=1, count=2000)]
+    texts = [p.prompt + "\n" + p.solution for p in tasks.get("arith").problems("train", 2000, seed=1)]
     for index, (_, row) in enumerate(json_array_rows(sharegpt_text(sharegpt, cache), "sharegpt")):
         if index >= conversations:
             break

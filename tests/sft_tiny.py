@@ -7,7 +7,7 @@ from functools import cache
 from pathlib import Path
 from pydoc_data.topics import topics
 
-from stages.common import arith
+from stages.common import tasks
 from stages.common.model import GPTConfig, build, save_pretrained
 from stages.common.tokenizer import Tokenizer
 from stages.tokenizer.train import train_tokenizer
@@ -19,7 +19,7 @@ VOCAB = 512
 def tokenizer() -> Tokenizer:
     """BPE trained on Python's docs and arithmetic problems: small, fast, and it knows digits."""
     texts = [topics[name] for name in sorted(topics)[:80]]
-    texts += [p.question + "\n" + p.solution for p in arith.problems(seed=99, count=300)]
+    texts += [p.prompt + "\n" + p.solution for p in tasks.get("arith").problems("train", 300, seed=99)]
     return train_tokenizer(texts, VOCAB)[0]
 
 
@@ -37,7 +37,7 @@ def write_base_model(folder: Path, seq_len: int = 128, seed: int = 0) -> Path:
 
 
 def openai_rows(count: int, seed: int = 3) -> list[dict]:
-    return [{"messages": p.messages()} for p in arith.problems(seed, count)]
+    return [{"messages": p.conversation()} for p in tasks.get("arith").problems("train", count, seed)]
 
 
 def write_jsonl(path: Path, rows: list, extra_lines: tuple[str, ...] = ()) -> Path:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from warc_support import write_responses
+
 from stages.data.config import DataConfig, SourceConfig
 from stages.data.funnel import Tally
 from stages.data.readers import BLOCK, Shard, open_source
@@ -171,3 +173,43 @@ def test_wet_parquet_and_hf_sources(tmp_path: Path):
     assert found["pq"] == ["from parquet"]
     assert sorted(found["hub"]) == [f"row {i}" for i in range(6)]  # each row in exactly one shard
     assert removed.removed == {f"{BLOCK}.empty_payload": 1}
+
+
+def test_text_that_cannot_be_written_is_removed_by_name(tmp_path: Path):
+    """Lone surrogates (JSON escapes, a `unicode_escape` charset) and NUL characters used to pass the
+    reader and reach the filters and the writer; duplicated keys and non-UTF-8 lines were reinterpreted."""
+    html = [("Content-Type", "text/html")]
+    body = ARTICLE.encode()
+    warc = write_responses(
+        tmp_path / "crawl.warc.gz",
+        [
+            ("https://ok.example.com/", body, html),
+            (
+                "https://esc.example.com/",
+                b"<html><p>lone \\ud800 here</p></html>",
+                [("Content-Type", "text/html; charset=unicode_escape")],
+            ),
+            ("https://nul.example.com/", body + b" " * 9000 + b"\x00", html),  # past the binary sniff window
+        ],
+    )
+    docs, tally = read_all([warc])
+    assert [d.metadata["url"] for d in docs] == ["https://ok.example.com/"]
+    assert tally.removed == {f"{BLOCK}.invalid_unicode": 1, f"{BLOCK}.nul_character": 1}
+
+    rows = tmp_path / "docs.jsonl"
+    rows.write_bytes(
+        b'{"id": "a", "text": "fine"}\n'
+        b'{"id": "b", "text": "lone \\ud800"}\n'
+        b'{"id": "c\\udfff", "text": "bad id"}\n'
+        b'{"id": "d", "text": "nul \\u0000 inside"}\n'
+        b'{"id": "e", "text": "first", "text": "second"}\n'
+        b'{"id": "f", "text": "caf\xe9"}\n'
+    )
+    source = SourceConfig(name="mine", kind="jsonl", paths=[str(rows)])
+    tally = Tally()
+    docs = list(open_source(Shard(0, source, (str(rows),)), tally, 1000))
+    assert [d.id for d in docs] == ["a"]
+    removed = {key.removeprefix(f"{BLOCK}."): n for key, n in tally.removed.items()}
+    assert removed == {"invalid_unicode": 2, "nul_character": 1, "duplicate_key": 1, "invalid_utf8": 1}
+    assert tally.docs[f"{BLOCK}.in"] == tally.docs[f"{BLOCK}.out"] + sum(tally.removed.values()) == 6
+    assert tally.samples[f"{BLOCK}.invalid_unicode"][0]["text"] == "lone \ufffd"  # samples stay writable

@@ -1,42 +1,41 @@
-"""The arithmetic task family: reproducible problems, worked answers that add up, a strict parser."""
+"""The arithmetic task family: reproducible problems, worked answers that add up, and one problem
+type and one answer parser for SFT's data and RL/eval's reward."""
 
 from __future__ import annotations
 
-import pytest
+from stages.common import tasks
+from stages.common.tasks.arithmetic import make_problem
+from stages.sft.config import SourceConfig
+from stages.sft.conversations import _arith_rows
 
-from stages.common import arith
+
+def _prompts(seed: int, count: int) -> list[str]:
+    return [p.prompt for p in tasks.get("arith").problems("train", count, seed)]
 
 
 def test_problems_are_reproducible_and_varied():
-    assert arith.problems(1, 50) == arith.problems(1, 50)
-    assert arith.problems(1, 50) != arith.problems(2, 50)
-    assert len({p.question for p in arith.problems(1, 200)}) == 200
+    assert _prompts(1, 50) == _prompts(1, 50)
+    assert _prompts(1, 50) != _prompts(2, 50)
+    assert len(set(_prompts(1, 200))) == 200
 
 
 def test_worked_steps_compute_the_answer():
-    for problem in arith.problems(4, 300):
+    task = tasks.get("arith")
+    for problem in task.problems("train", 300, seed=4):
+        *steps, last = problem.solution.split("\n")
         value = None
-        for step in problem.steps:
+        for step in steps:
             left, result = step.split(" = ")
             assert eval(left) == int(result)  # noqa: S307 -- our own generated "a op b"
             value = int(result)
-        assert value == problem.answer >= 0
-        assert arith.parse_answer(problem.solution) == problem.answer
-        assert arith.reward(problem, problem.solution) == 1.0
+        assert str(value) == problem.answer and last == f"Answer: {value}" and value >= 0
+        assert tasks.reply_number(problem.solution) == value
+        assert task.reward(problem, problem.solution) == 1.0
 
 
-@pytest.mark.parametrize(
-    ("reply", "parsed"),
-    [
-        ("3 + 4 = 7\nAnswer: 7", 7),
-        ("Answer: -2\n\n", -2),
-        ("Answer: 7 apples", None),
-        ("The answer is 7", None),
-        ("Answer: 7\nthanks", None),
-        ("answer: 7", None),
-        ("Answer: 7.5", None),
-        ("", None),
-    ],
-)
-def test_the_parser_is_strict(reply, parsed):
-    assert arith.parse_answer(reply) == parsed
+def test_sft_teaches_the_problems_rl_rewards():
+    source = SourceConfig(name="arith", kind="arith", count=20, max_steps=2)
+    taught = [row["messages"] for _, row in _arith_rows(source, seed=3)]
+    rewarded = tasks.get("arith", max_steps=2).problems("train", 20, seed=3)
+    assert taught == [p.conversation() for p in rewarded]
+    assert rewarded[5].id == make_problem(3, 5, max_steps=2).id

@@ -14,13 +14,13 @@ import pytest
 from sft_tiny import openai_rows, tokenizer, write_jsonl
 
 from stages.common.chat import render
+from stages.common.rows import BadRow, Skips, SourceError
 from stages.sft.config import SFTConfig, SourceConfig
 from stages.sft.conversations import Example, load_examples
 from stages.sft.data import prepare
 from stages.sft.mix import is_heldout, mix, repeat
 from stages.sft.packing import pack
-from stages.sft.readers import SHAREGPT_MEMBER, BadRow, SourceError, json_array_rows, sharegpt_text
-from stages.sft.skips import Skips
+from stages.sft.readers import SHAREGPT_MEMBER, json_array_rows, sharegpt_text
 
 BAD_LINES = (
     "{not json",
@@ -162,3 +162,38 @@ def test_hf_dataset_saved_to_disk_reads_offline(tmp_path: Path):
     source = SourceConfig(name="hf", kind="hf", dataset=str(tmp_path / "hf"))
     examples, _ = load_examples(source, tokenizer(), 257, "drop", 0, tmp_path, Skips())
     assert [e.messages for e in examples] == [r["messages"] for r in rows]
+
+
+def test_rows_that_would_be_reinterpreted_are_counted_not_fatal(tmp_path: Path):
+    good = openai_rows(3)
+    turns = good[0]["messages"]
+    sharegpt = [{"from": "human", "value": turns[0]["content"]}, {"from": "gpt", "value": turns[1]["content"]}]
+    lonely = [{"role": "user", "content": "q \ud800"}, {"role": "assistant", "content": "a"}]
+    nul = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a\x00b"}]
+    lines = (
+        json.dumps({"messages": lonely}),  # JSON escape "\ud800": crashed the stage while hashing
+        json.dumps({"messages": nul}),
+        json.dumps({"messages": good[1]["messages"], "conversations": sharegpt}),
+        '{"messages": [], "messages": ' + json.dumps(good[2]["messages"]) + "}",
+    )
+    path = write_jsonl(tmp_path / "chats.jsonl", good, lines)
+    with path.open("ab") as handle:
+        handle.write(b"\xff\xfe not utf-8\n")
+    skips = Skips()
+    source = SourceConfig(name="local", kind="jsonl", path=str(path))
+    examples, _ = load_examples(source, tokenizer(), 257, "drop", 0, tmp_path, skips)
+    assert len(examples) == 3
+    assert dict(skips.counts) == {
+        "invalid_unicode": 1,
+        "nul_character": 1,
+        "ambiguous_format": 1,
+        "duplicate_key": 1,
+        "invalid_utf8": 1,
+    }
+
+
+def test_a_damaged_parquet_file_is_a_source_error_naming_it(tmp_path: Path):
+    (tmp_path / "chats.parquet").write_bytes(b"PAR1 not really")
+    source = SourceConfig(name="pq", kind="parquet", path=str(tmp_path / "chats.parquet"))
+    with pytest.raises(SourceError, match="chats.parquet"):
+        load_examples(source, tokenizer(), 257, "drop", 0, tmp_path, Skips())

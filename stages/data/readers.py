@@ -3,13 +3,14 @@
 Stock datatrove WarcReader ignores the HTTP status, lets libmagic silently drop records that
 lack `WARC-Identified-Payload-Type`, and (with compression="infer") dies on the first
 truncated gzip member. Here every record that is not a usable page is counted under a
-named reason in the task's `Tally` and the task moves on.
+named reason in the task's `Tally` and the task moves on. Text that cannot be written as it is
+(lone surrogates, e.g. from a JSON escape or a `unicode_escape` charset; NUL characters) is
+removed as `invalid_unicode` / `nul_character` (`stages.common.text`) before any block sees it.
 """
 
 from __future__ import annotations
 
 import gzip
-import json
 import re
 import zlib
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ import fsspec
 from datatrove.data import Document
 from loguru import logger
 
+from stages.common.rows import BadRow, jsonl_values
+from stages.common.text import problem_in, repair
 from stages.data.config import SourceConfig
 from stages.data.funnel import Tally
 
@@ -108,9 +111,8 @@ class WarcSource:
         for path in self.shard.files:
             yield from self._read_file(path)
 
-    def _drop(self, reason: str, url: str | None, path: str, text: str = "") -> None:
-        self.tally.count(f"{BLOCK}.in", 0)
-        self.tally.remove(BLOCK, reason, {"url": url, "file": PurePosixPath(path).name, "text": text})
+    def _fail(self, reason: str, path: str, error: str) -> None:
+        self.tally.fail_file(BLOCK, reason, path, error)
 
     def _read_file(self, path: str) -> Iterator[Document]:
         from warcio.archiveiterator import ArchiveIterator
@@ -119,7 +121,7 @@ class WarcSource:
             raw = fsspec.open(path, "rb").open()
         except Exception as exc:  # missing file, no permission, remote error
             logger.warning(f"unreadable input {path}: {exc}")
-            self._drop("unreadable_path", None, path, repr(exc))
+            self._fail("unreadable_path", path, repr(exc))
             return
         with raw:
             stream = _MemberSafe(gzip.GzipFile(fileobj=raw)) if path.endswith(".gz") else raw
@@ -132,11 +134,11 @@ class WarcSource:
                     return
                 except TruncatedInput as exc:
                     logger.warning(f"{path}: truncated after the last complete record ({exc})")
-                    self._drop("truncated_file", None, path, repr(exc))
+                    self._fail("truncated_file", path, repr(exc))
                     return
                 except Exception as exc:  # unparseable bytes: warcio cannot resynchronise inside a file
                     logger.warning(f"{path}: malformed record, skipping the rest of the file ({exc!r})")
-                    self._drop("malformed_record", None, path, repr(exc))
+                    self._fail("malformed_record", path, repr(exc))
                     return
                 if doc is not None:
                     yield doc
@@ -171,6 +173,10 @@ class WarcSource:
         text = decode_payload(payload, declared, self.tally)
         if text is None:
             self.tally.remove(BLOCK, "bad_charset", where)
+            return None
+        bad_text = problem_in((text, url))
+        if bad_text:
+            self.tally.remove(BLOCK, bad_text, _shown(where | {"text": text}))
             return None
         if not url:
             self.tally.remove(BLOCK, "no_url", {**where, "text": text})
@@ -212,6 +218,11 @@ class TextSource:
         rows = {"hf": self._hf_rows, "jsonl": self._jsonl_rows}.get(self.src.kind, self._parquet_rows)
         for doc in rows():
             self.tally.count(f"{BLOCK}.in", len(doc.text.encode("utf-8", "replace")))
+            bad_text = problem_in((doc.text, doc.id, doc.metadata.get("url")))
+            if bad_text:
+                record = {"id": doc.id, "url": doc.metadata.get("url"), "text": doc.text}
+                self.tally.remove(BLOCK, bad_text, _shown(record))
+                continue
             if not doc.text.strip():
                 self.tally.remove(BLOCK, "empty_payload", {"id": doc.id, "url": doc.metadata.get("url")})
                 continue
@@ -224,8 +235,7 @@ class TextSource:
 
     def _unreadable(self, path: str, exc: Exception) -> None:
         logger.warning(f"unreadable input {path}: {exc!r}")
-        self.tally.count(f"{BLOCK}.in", 0)
-        self.tally.remove(BLOCK, "unreadable_path", {"file": PurePosixPath(path).name, "text": repr(exc)})
+        self.tally.fail_file(BLOCK, "unreadable_path", path, repr(exc))
 
     def _row(self, data: dict, path: str, id_in_file: int | str) -> Document:
         """A document from one row; a missing or non-string text becomes "" (counted as empty)."""
@@ -237,24 +247,21 @@ class TextSource:
         )
 
     def _jsonl_rows(self) -> Iterator[Document]:
-        # Our own line loop rather than datatrove's JsonlReader: that one skips invalid lines and
-        # empty texts with at most a log line; here each becomes a counted, named removal.
+        # Our own line loop (strict JSON: stages.common.rows) rather than datatrove's JsonlReader: that
+        # one skips invalid lines and empty texts with at most a log line; here each becomes a counted,
+        # named removal (invalid_json, invalid_utf8, duplicate_key).
         for path in self.shard.files:
             name = PurePosixPath(path).name
             try:
-                with fsspec.open(path, "rt", compression="infer", encoding="utf-8", errors="replace") as handle:
-                    for number, line in enumerate(handle, start=1):
-                        if not line.strip():
+                with fsspec.open(path, "rb", compression="infer") as handle:
+                    for number, data in jsonl_values(handle):
+                        if isinstance(data, dict):
+                            yield self._row(data, path, number - 1)
                             continue
-                        try:
-                            data = json.loads(line)
-                            if not isinstance(data, dict):
-                                raise ValueError(f"a JSON {type(data).__name__}, not an object")
-                        except ValueError as exc:
-                            self.tally.count(f"{BLOCK}.in", len(line.encode("utf-8", "replace")))
-                            self.tally.remove(BLOCK, "invalid_json", {"id": f"{name}:{number}", "text": str(exc)})
-                            continue
-                        yield self._row(data, path, number - 1)
+                        if not isinstance(data, BadRow):
+                            data = BadRow("invalid_json", f"a JSON {type(data).__name__}, not an object")
+                        self.tally.count(f"{BLOCK}.in", 0)
+                        self.tally.remove(BLOCK, data.reason, {"id": f"{name}:{number}", "text": data.detail})
             except (OSError, EOFError, zlib.error) as exc:
                 self._unreadable(path, exc)
 
@@ -290,6 +297,11 @@ class TextSource:
         else:
             dataset = datasets.load_dataset(path, self.src.subset, split=self.src.split, streaming=True)
         return dataset.take(self.src.limit) if self.src.limit else dataset
+
+
+def _shown(record: dict) -> dict:
+    """A removal sample whose strings can be written: the text that could not, repaired for reading."""
+    return {key: repair(value)[0] if isinstance(value, str) else value for key, value in record.items()}
 
 
 def open_source(shard: Shard, tally: Tally, max_page_bytes: int) -> Iterator[Document]:

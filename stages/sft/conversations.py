@@ -9,13 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stages.common import arith, packages
+from stages.common import packages
 from stages.common.chat import ConversationError, Rendered, Truncation, render
+from stages.common.rows import BadRow, RowStream, Skips
+from stages.common.tasks import ArithTask
 from stages.common.tokenizer import Tokenizer
 from stages.sft.config import SourceConfig
 from stages.sft.formats import to_messages
-from stages.sft.readers import BadRow, RowStream, read_source
-from stages.sft.skips import Skips
+from stages.sft.readers import read_source
 
 
 @dataclass(frozen=True)
@@ -27,13 +28,14 @@ class Example:
 
 
 def content_key(messages: list[dict[str, Any]]) -> str:
+    """Hash of checked messages (`to_messages` lets no text through that UTF-8 cannot carry)."""
     return hashlib.sha256(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 def source_uri(source: SourceConfig) -> str:
     """Where a source's rows come from, as MLflow records a dataset's source."""
     if source.kind == "arith":
-        return str(Path(arith.__file__).resolve())  # generated: the generator is the source
+        return ArithTask().source()  # generated: the generator is the source
     if source.path:
         return str(Path(source.path).resolve())
     if source.kind == "hf":
@@ -43,8 +45,9 @@ def source_uri(source: SourceConfig) -> str:
 
 
 def _arith_rows(source: SourceConfig, seed: int) -> RowStream:
-    for index, problem in enumerate(arith.problems(seed, source.count, max_steps=source.max_steps)):
-        yield f"arith[{index}]", {"messages": problem.messages()}
+    made = ArithTask(max_steps=source.max_steps).problems("train", source.count, seed)
+    for index, problem in enumerate(made):
+        yield f"arith[{index}]", {"messages": problem.conversation()}
 
 
 def load_examples(

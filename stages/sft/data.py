@@ -12,13 +12,12 @@ from typing import Any
 
 from pipeline.lineage import DatasetRef
 from stages.common.chat import prompt_and_reply, render_prompt
+from stages.common.rows import Skips, SourceError
 from stages.common.tokenizer import Tokenizer
 from stages.sft.config import SFTConfig
 from stages.sft.conversations import Example, load_examples, source_uri
 from stages.sft.mix import mix, split
 from stages.sft.packing import Rows, pack
-from stages.sft.readers import SourceError
-from stages.sft.skips import Skips
 
 
 @dataclass

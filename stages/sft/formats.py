@@ -1,6 +1,9 @@
 """Rows in OpenAI messages or ShareGPT format -> one conversation shape (`role`/`content` messages).
 
-Both formats land on the same messages, so the chat template renders them identically.
+Both formats land on the same messages, so the chat template renders them identically. A row is
+refused (ConversationError, counted per reason) rather than reinterpreted when its format is a
+guess (`ambiguous_format`: both `messages` and `conversations`) or its text is not text that can
+be hashed and tokenized as it is (`invalid_unicode`, `nul_character`: see `stages.common.text`).
 """
 
 from __future__ import annotations
@@ -8,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from stages.common import text
 from stages.common.chat import ConversationError
 
 Format = Literal["auto", "openai", "sharegpt"]
@@ -22,33 +26,43 @@ SHAREGPT_ROLES = {
     "bing": "assistant",
     "bard": "assistant",
 }
+KEYS = {"openai": "messages", "sharegpt": "conversations"}
 
 
 def detect(row: Mapping[str, Any]) -> Literal["openai", "sharegpt"]:
-    if "messages" in row:
-        return "openai"
-    if "conversations" in row:
-        return "sharegpt"
-    raise ConversationError("unknown_format", f"row has neither 'messages' nor 'conversations' (keys {sorted(row)})")
+    """The row's format by the key it fills (a column of nulls, as parquet mixes give, is no key)."""
+    found = [fmt for fmt, key in KEYS.items() if row.get(key) is not None]
+    if len(found) == 2:
+        raise ConversationError("ambiguous_format", "row has both 'messages' and 'conversations'")
+    if not found:
+        raise ConversationError(
+            "unknown_format", f"row has neither 'messages' nor 'conversations' (keys {sorted(map(str, row))})"
+        )
+    return found[0]
 
 
-def to_messages(row: Any, fmt: Format = "auto") -> list[dict[str, Any]]:
+def _message(turn: Any, fmt: str) -> Any:
+    """One turn as `{"role", "content"}`; a turn that is not an object is passed on for the template to reject."""
+    if not isinstance(turn, Mapping):
+        return turn
+    if fmt == "openai":
+        return {"role": turn.get("role"), "content": turn.get("content")}
+    speaker = turn.get("from")
+    role = SHAREGPT_ROLES.get(speaker.lower(), speaker) if isinstance(speaker, str) else speaker
+    return {"role": role, "content": turn.get("value")}
+
+
+def to_messages(row: Any, fmt: Format = "auto") -> list[Any]:
     """The row's conversation as `{"role", "content"}` messages; roles and contents are checked
     later by the chat template, so every problem is named by the same reasons."""
     if not isinstance(row, Mapping):
         raise ConversationError("not_an_object", f"row is {type(row).__name__}")
     fmt = detect(row) if fmt == "auto" else fmt
-    turns = row.get("messages" if fmt == "openai" else "conversations")
+    turns = row.get(KEYS[fmt])
     if not isinstance(turns, list):
         raise ConversationError("unknown_format", f"{fmt} row without a list of messages")
-    if fmt == "openai":
-        return [dict(turn) if isinstance(turn, Mapping) else turn for turn in turns]
-    messages = []
-    for turn in turns:
-        if not isinstance(turn, Mapping):
-            messages.append(turn)  # rejected by the template as bad_message
-            continue
-        speaker = turn.get("from")
-        role = SHAREGPT_ROLES.get(speaker.lower(), speaker) if isinstance(speaker, str) else speaker
-        messages.append({"role": role, "content": turn.get("value")})
+    messages = [_message(turn, fmt) for turn in turns]
+    bad_text = text.problem_in(messages)
+    if bad_text:
+        raise ConversationError(bad_text, "a message's role or content")
     return messages

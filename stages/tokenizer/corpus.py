@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import logging
 import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from stages.common.tokenizer import sanitize
+from stages.common.rows import BadRow, parse_json
+from stages.common.text import repair
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ class CorpusError(ValueError):
 class CorpusStats:
     files: int = 0
     documents: int = 0
-    bad_lines: int = 0  # not JSON, or no string "text"
+    bad_lines: int = 0  # not strict JSON (a repeated key too), or no string "text"
     empty_documents: int = 0  # nothing left after cleaning
     repaired_documents: int = 0  # NUL characters dropped or lone surrogates replaced
     truncated_files: int = 0  # gzip cut short: the documents before the cut are kept
@@ -57,15 +57,11 @@ def read_documents(files: list[Path], stats: CorpusStats) -> Iterator[tuple[str,
 
 
 def _parse(line: str, stats: CorpusStats) -> dict | None:
-    try:
-        document = json.loads(line)
-    except ValueError:
+    document = parse_json(line)
+    if isinstance(document, BadRow) or not isinstance(document, dict) or not isinstance(document.get("text"), str):
         stats.bad_lines += 1
         return None
-    if not isinstance(document, dict) or not isinstance(document.get("text"), str):
-        stats.bad_lines += 1
-        return None
-    text, repaired = sanitize(document["text"])
+    text, repaired = repair(document["text"])
     stats.repaired_documents += repaired
     if not text:
         stats.empty_documents += 1

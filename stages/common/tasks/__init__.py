@@ -17,11 +17,12 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from stages.common.rows import Skips, SourceError
 from stages.common.tasks.answers import final_answer, parse_number, reply_number, same_number
 from stages.common.tasks.arithmetic import ArithTask
-from stages.common.tasks.base import SPLITS, Problem, Skips, Split, Task, digest
+from stages.common.tasks.base import SPLITS, Problem, Split, Task, digest
 from stages.common.tasks.countdown import CountdownTask
-from stages.common.tasks.gsm8k import ASDivTask, GSM8KTask, SourceError
+from stages.common.tasks.gsm8k import ASDivTask, GSM8KTask
 from stages.common.tasks.guard import GuardedReward, RewardTimeout, call_with_timeout
 from stages.common.tasks.stats import mean_and_se, paired_difference, pass_at_k
 

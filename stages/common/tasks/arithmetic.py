@@ -1,23 +1,62 @@
-"""Arithmetic word problems from `stages.common.arith`, generated from a seed: the task the SFT
-stage teaches, so RL and eval measure the model on the format it learned (`Answer: <n>`).
+"""Arithmetic word problems with worked answers, generated from a seed: the task the SFT stage
+teaches, and RL and eval measure, in the format it teaches (`Answer: <n>`).
+
+A problem is a short story of 1-3 operations on whole numbers. Its worked solution shows one line
+per operation and ends with the line `Answer: <integer>`; the reward reads only that final line
+(`answers.same_number`), so it can never be earned by a number buried mid-text. Problems are a
+pure function of (seed, index): SFT, RL and eval regenerate the same ones.
 
 Difficulty: `max_steps` (operations per problem, 1-3 in SFT's data), `min_steps`, and `max_number`
 (keep only problems whose every number, operands and results, is at most this). Splits are
-disjoint index ranges of the same generator: `train` from 0 (the range SFT's arithmetic data also
+disjoint index ranges of the same generator: `train` from 0 (the problems SFT's arithmetic data
 uses), `heldout` from 10^9, which no run ever reaches from 0.
 """
 
 from __future__ import annotations
 
+import random
 import re
 from pathlib import Path
 
-from stages.common import arith
 from stages.common.tasks.answers import same_number
 from stages.common.tasks.base import Problem, Split, Task, check_split
 
+NAMES = ("Ava", "Ben", "Chloe", "Dev", "Emma", "Farid", "Grace", "Hugo", "Iris", "Jon", "Kira", "Leo", "Mina", "Noah")
+ITEMS = ("apples", "marbles", "stickers", "books", "coins", "pencils", "cookies", "shells", "cards", "stamps")
 HELDOUT_START = 10**9
 DEFAULT_COUNT = 1000
+
+
+def _operation(rng: random.Random, name: str, item: str, total: int) -> tuple[str, str, int]:
+    """One more sentence of the story, its worked line and the new total."""
+    kind = rng.choice(("gain", "lose", "times") if total <= 50 else ("gain", "lose"))
+    if kind == "gain":
+        n = rng.randint(1, 30)
+        return f"Then {name} gets {n} more {item}.", f"{total} + {n} = {total + n}", total + n
+    if kind == "lose" and total > 1:
+        n = rng.randint(1, total - 1)
+        return f"Then {name} gives away {n} {item}.", f"{total} - {n} = {total - n}", total - n
+    n = rng.randint(2, 4)
+    return f"Then {name} ends up with {n} times as many {item}.", f"{total} * {n} = {total * n}", total * n
+
+
+def make_problem(seed: int, index: int, max_steps: int = 3) -> Problem:
+    """Problem `index` of the generator seeded with `seed`: the story, its worked solution and answer."""
+    rng = random.Random(f"arith-{seed}-{index}")
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    total = rng.randint(2, 40)
+    story, steps = [f"{name} has {total} {item}."], []
+    for _ in range(rng.randint(1, max_steps)):
+        sentence, step, total = _operation(rng, name, item, total)
+        story.append(sentence)
+        steps.append(step)
+    story.append(f"How many {item} does {name} have now?")
+    return Problem(
+        id=f"arith-{seed}-{index}-{max_steps}",  # the index and max_steps make the problem
+        prompt=" ".join(story),
+        answer=str(total),
+        solution="\n".join((*steps, f"Answer: {total}")),
+    )
 
 
 class ArithTask(Task):
@@ -34,15 +73,16 @@ class ArithTask(Task):
     def options(self) -> dict[str, int | None]:
         return {"max_steps": self.max_steps, "min_steps": self.min_steps, "max_number": self.max_number}
 
-    def _fits(self, made: arith.Problem) -> bool:
-        if len(made.steps) < self.min_steps:
+    def _fits(self, made: Problem) -> bool:
+        steps = made.solution.count("\n")  # one worked line per operation, then the answer line
+        if steps < self.min_steps:
             return False
         if self.max_number is None:
             return True
-        return all(int(n) <= self.max_number for step in made.steps for n in re.findall(r"\d+", step))
+        return all(int(n) <= self.max_number for n in re.findall(r"\d+", made.solution))
 
     def source(self) -> str:
-        return str(Path(arith.__file__).resolve())
+        return str(Path(__file__).resolve())
 
     def problems(self, split: Split, count: int | None = None, seed: int = 0) -> list[Problem]:
         check_split(split)
@@ -50,16 +90,9 @@ class ArithTask(Task):
         index = HELDOUT_START if split == "heldout" else 0
         chosen: list[Problem] = []
         while len(chosen) < count:
-            made = arith.make_problem(seed, index, self.max_steps)
+            made = make_problem(seed, index, self.max_steps)
             if self._fits(made):
-                chosen.append(
-                    Problem(
-                        id=f"arith-{seed}-{index}-{self.max_steps}",  # the index and max_steps make the problem
-                        prompt=made.question,
-                        answer=str(made.answer),
-                        solution=made.solution,
-                    )
-                )
+                chosen.append(made)
             index += 1
         return chosen
 

@@ -11,34 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from stages.common.rows import Skips
+
 Split = Literal["train", "heldout"]
 SPLITS: tuple[Split, ...] = ("train", "heldout")
-
-
-class Skips:
-    """Per-reason counts of unusable rows with the first few examples: bad input is never silent."""
-
-    def __init__(self, examples_per_reason: int = 3):
-        self.counts: Counter[str] = Counter()
-        self.examples: dict[str, list[str]] = {}
-        self._keep = examples_per_reason
-
-    def add(self, reason: str, where: str, detail: str = "") -> None:
-        self.counts[reason] += 1
-        shown = self.examples.setdefault(reason, [])
-        if len(shown) < self._keep:
-            shown.append(f"{where}: {detail}"[:300])
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"total": self.total, "counts": dict(sorted(self.counts.items())), "examples": self.examples}
 
 
 @dataclass(frozen=True, eq=False)

