@@ -1,6 +1,6 @@
 """Runs one stage inside a Ray task: builds its context, calls `run`, commits the entry.
 
-The driver creates the staging folder and removes it if the task fails or is cancelled;
+The driver creates the staging folder and removes it once the task failed or, cancelled, ended;
 this side writes the manifest and renames the folder into the store only after `run`
 returned, so an interrupted stage never looks complete. A task retried after a system
 failure (its node died) starts from an empty staging folder and the scratch folder its
@@ -35,7 +35,7 @@ class StageJob:
     pipeline_config: Any
     fingerprint: str
     upstream_fingerprints: dict[str, str]
-    store: Any  # pipeline.store.Store or pipeline.remote_store.RemoteStore
+    store: Store
     staging: Path
     workdir: Path
     log_file: Path
@@ -99,7 +99,7 @@ def _empty(folder: Path) -> None:
 
 def execute(job: StageJob) -> Manifest:
     name = job.stage.name
-    store: Store = job.store
+    store = job.store
     _empty(job.staging)
     job.log_file.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()

@@ -7,10 +7,15 @@ Object stores have no atomic folder rename, so an entry is committed in two step
      S3/GCS) and names its upload folder.
 No manifest = not done, as in the local store; a manifest always points at a complete upload.
 
-Stages still read and write local folders: outputs are staged under `<workdir>/staging/` and
-uploaded by `commit`; upstream entries are downloaded once into `<workdir>/cache/store/` (keyed
-by fingerprint and upload, every file checked against its sha256) by `materialize`. On a
-multi-node cluster the work dir is shared storage, so every node sees the same cache.
+Stages still read and write local folders: outputs are staged under `<workdir>/staging/` (the
+build locks with them: see `pipeline.store`) and uploaded by `commit`; upstream entries are
+downloaded once into `<workdir>/cache/store/` (keyed by fingerprint and upload, every file checked
+against its sha256) by `materialize`. On a multi-node cluster the work dir is shared storage, so
+every node sees the same cache.
+
+The bucket is not trusted more than a file: a manifest is validated (`Manifest.validate`) before
+its upload id or file paths become local paths, so a tampered one is refused, never followed
+outside the cache.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UsageError
-from pipeline.store import _STAGING_PREFIX, MANIFEST, Lookup, Manifest, build_lock, scan_files, sha256_file
+from pipeline.store import MANIFEST, STAGING_PREFIX, Manifest, ManifestError, Store, sha256_file, write_durably
 
 
 def filesystem(uri: str):
@@ -41,7 +46,7 @@ def filesystem(uri: str):
     return fs, path.rstrip("/")
 
 
-class RemoteStore:
+class RemoteStore(Store):
     def __init__(self, uri: str, workdir: Path):
         self.uri = uri.rstrip("/")
         self.workdir = Path(workdir)
@@ -73,7 +78,6 @@ class RemoteStore:
         return f"{self.uri}/{stage}/{fingerprint}"
 
     def check(self) -> None:
-        """Fail fast (exit 2) when the store cannot be listed or written."""
         probe = self._remote(f".z2h-probe-{uuid.uuid4().hex[:8]}")
         try:
             self.fs.pipe_file(probe, b"ok")
@@ -82,42 +86,30 @@ class RemoteStore:
             raise UsageError(f"run.store {self.uri}: cannot write there ({type(exc).__name__}: {exc})") from None
 
     # -- reading ------------------------------------------------------------------
-    def _manifest(self, stage: str, fingerprint: str) -> tuple[Manifest | None, str]:
-        path = self._remote(stage, fingerprint, MANIFEST)
+    def _manifest_bytes(self, stage: str, fingerprint: str) -> bytes | None:
         try:
-            text = self.fs.cat_file(path).decode()
+            return self.fs.cat_file(self._remote(stage, fingerprint, MANIFEST))
         except FileNotFoundError:
-            return None, ""
-        try:
-            manifest = Manifest.from_json(text)
-        except (ValueError, TypeError, KeyError) as exc:
-            return None, f"unreadable manifest {self.location(stage, fingerprint)}/{MANIFEST}: {exc}"
-        if manifest.fingerprint != fingerprint or manifest.stage != stage or not manifest.upload:
-            return None, f"manifest {self.location(stage, fingerprint)}/{MANIFEST} names another entry"
-        return manifest, ""
+            return None
 
-    def lookup(self, stage: str, fingerprint: str, *, checksums: bool = False) -> Lookup:
-        """A committed entry whose listed files are all present with their sizes (and sha256s)."""
-        manifest, reason = self._manifest(stage, fingerprint)
-        if manifest is None:
-            return Lookup(None, reason)
-        folder = self._remote(stage, fingerprint, manifest.upload)
+    def read_manifest(self, stage: str, fingerprint: str) -> tuple[Manifest | None, str]:
+        manifest, reason = super().read_manifest(stage, fingerprint)
+        if manifest is not None and not manifest.upload:
+            return None, f"invalid manifest {self.location(stage, fingerprint)}/{MANIFEST}: field upload is empty"
+        return manifest, reason
+
+    def _files_location(self, manifest: Manifest) -> str:
+        return f"{self.location(manifest.stage, manifest.fingerprint)}/{manifest.upload}"
+
+    def _file_sizes(self, manifest: Manifest) -> dict[str, int]:
+        folder = self._remote(manifest.stage, manifest.fingerprint, manifest.upload)
         found = {p.rstrip("/"): info for p, info in self.fs.find(folder, detail=True).items()}
         prefix = self.fs._strip_protocol(folder).rstrip("/") + "/"
-        sizes = {p[len(prefix) :]: info.get("size") for p, info in found.items() if p.startswith(prefix)}
-        where = f"{self.location(stage, fingerprint)}/{manifest.upload}"
-        for item in manifest.files:
-            if item.path not in sizes:
-                return Lookup(None, f"{where}/{item.path} is listed in the manifest but missing")
-            if sizes[item.path] != item.bytes:
-                return Lookup(None, f"{where}/{item.path} has {sizes[item.path]} bytes, manifest says {item.bytes}")
-            if checksums and self._sha256(f"{folder}/{item.path}") != item.sha256:
-                return Lookup(None, f"{where}/{item.path} does not match its sha256 in the manifest")
-        return Lookup(manifest)
+        return {p[len(prefix) :]: info.get("size") for p, info in found.items() if p.startswith(prefix)}
 
-    def _sha256(self, path: str) -> str:
+    def _file_sha256(self, manifest: Manifest, path: str) -> str:
         digest = hashlib.sha256()
-        with self.fs.open(path, "rb") as handle:
+        with self.fs.open(self._remote(manifest.stage, manifest.fingerprint, manifest.upload, path), "rb") as handle:
             while block := handle.read(1 << 20):
                 digest.update(block)
         return digest.hexdigest()
@@ -125,9 +117,11 @@ class RemoteStore:
     def materialize(self, stage: str, fingerprint: str) -> Path:
         """The entry's files in a local folder, downloaded once per upload and verified."""
         for _attempt in range(3):  # a concurrent forced rebuild may swap the upload under us
-            manifest, reason = self._manifest(stage, fingerprint)
+            manifest, reason = self.read_manifest(stage, fingerprint)
+            if reason:
+                raise ManifestError(reason)
             if manifest is None:
-                raise FileNotFoundError(reason or f"{self.location(stage, fingerprint)} has no manifest")
+                raise FileNotFoundError(f"{self.location(stage, fingerprint)} has no manifest")
             local = self.cache_root / stage / fingerprint / manifest.upload
             if (local / MANIFEST).is_file():
                 return local
@@ -138,7 +132,7 @@ class RemoteStore:
         raise FileNotFoundError(f"{self.location(stage, fingerprint)} kept changing while downloading it")
 
     def _download(self, manifest: Manifest, local: Path) -> Path:
-        temp = local.with_name(f"{_STAGING_PREFIX}{local.name}-{uuid.uuid4().hex[:8]}")
+        temp = local.with_name(f"{STAGING_PREFIX}{local.name}-{uuid.uuid4().hex[:8]}")
         temp.mkdir(parents=True)
         try:
             source = self._remote(manifest.stage, manifest.fingerprint, manifest.upload)
@@ -148,7 +142,7 @@ class RemoteStore:
                 self.fs.get_file(f"{source}/{item.path}", str(target))
                 if target.stat().st_size != item.bytes or sha256_file(target) != item.sha256:
                     raise OSError(f"{source}/{item.path}: the download does not match the manifest")
-            (temp / MANIFEST).write_text(manifest.to_json())  # last: a cached copy is complete
+            write_durably(temp, manifest)  # the manifest last: a cached copy is complete
             try:
                 temp.rename(local)
             except OSError:  # another task downloaded the same upload meanwhile
@@ -157,26 +151,20 @@ class RemoteStore:
         finally:
             shutil.rmtree(temp, ignore_errors=True)
         for old in local.parent.iterdir():  # earlier uploads of a rebuilt entry
-            if old.name != local.name and not old.name.startswith(_STAGING_PREFIX):
+            if old.name != local.name and not old.name.startswith(STAGING_PREFIX):
                 shutil.rmtree(old, ignore_errors=True)
         return local
 
     # -- writing ------------------------------------------------------------------
-    def staging(self, stage: str, fingerprint: str) -> Path:
-        folder = self.staging_root / stage / f"{_STAGING_PREFIX}{fingerprint}-{uuid.uuid4().hex[:8]}"
-        folder.mkdir(parents=True)
-        return folder
-
     def commit(self, staging: Path, manifest: Manifest, *, replace: bool = False) -> str:
         """Upload the staged files into a fresh upload folder, then write the manifest last."""
         stage, fingerprint = manifest.stage, manifest.fingerprint
         where = self.location(stage, fingerprint)
-        previous, _ = self._manifest(stage, fingerprint)
+        previous, _ = self.read_manifest(stage, fingerprint)
         if previous is not None and not replace and self.lookup(stage, fingerprint).hit:
             self.discard(staging)
             return where
-        manifest.files = scan_files(staging)
-        manifest.counts.update(files=len(manifest.files), bytes=manifest.total_bytes)
+        manifest.list_files(staging)
         manifest.upload = uuid.uuid4().hex[:12]
         target = self._remote(stage, fingerprint, manifest.upload)
         for item in manifest.files:
@@ -185,28 +173,8 @@ class RemoteStore:
         self.discard(staging)
         # Whichever upload the manifest does not name is garbage: a replaced entry, or ours when
         # another writer's manifest landed after ours (same inputs, so an equivalent entry).
-        current, _ = self._manifest(stage, fingerprint)
+        current, _ = self.read_manifest(stage, fingerprint)
         if current is not None:
             for upload in {previous.upload if previous else "", manifest.upload} - {current.upload, ""}:
                 self.fs.rm(self._remote(stage, fingerprint, upload), recursive=True)
         return where
-
-    def discard(self, staging: Path) -> None:
-        shutil.rmtree(staging, ignore_errors=True)
-
-    def clear_staging(self, stage: str, fingerprint: str) -> None:
-        """Remove local staging folders left by runs that died (uploads without a manifest stay:
-        they are invisible, and a racing writer may still be finishing one)."""
-        for debris in (self.staging_root / stage).glob(f"{_STAGING_PREFIX}{fingerprint}-*"):
-            shutil.rmtree(debris, ignore_errors=True)
-
-    def scratch(self, stage: str, fingerprint: str) -> Path:
-        folder = self.scratch_root / stage / fingerprint
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
-
-    def clean_scratch(self, stage: str, fingerprint: str) -> None:
-        shutil.rmtree(self.scratch_root / stage / fingerprint, ignore_errors=True)
-
-    def lock(self, stage: str, fingerprint: str, on_wait=None):
-        return build_lock(self.scratch_root, stage, fingerprint, on_wait)

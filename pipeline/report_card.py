@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.store import Manifest, Store
+from pipeline.store import LocalStore, Manifest
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -126,8 +126,7 @@ class StageView:
             return None
         try:
             # A remote store downloads the entry into its local cache (downstream stages did already).
-            materialize = getattr(self.store, "materialize", None) or self.store.entry
-            return json.loads((Path(materialize(self.name, self.fingerprint)) / name).read_text())
+            return json.loads((self.store.materialize(self.name, self.fingerprint) / name).read_text())
         except (OSError, ValueError):
             return None
 
@@ -777,7 +776,7 @@ def write(
 
     started = time.perf_counter()
     client = MlflowClient(tracking_uri=tracking_uri)
-    store = store if store is not None else Store(workdir / "store")
+    store = store if store is not None else LocalStore(workdir / "store")
     view, sections = build(client, run_id, store, resources, tracking_uri, config_text)
     folder = workdir / "reports" / run_id
     (folder / IMAGES).mkdir(parents=True, exist_ok=True)

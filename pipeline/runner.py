@@ -28,6 +28,9 @@ VERSION = version("zero2hero")
 # A stage task lost to a system failure (its node died, its worker was OOM-killed) runs again,
 # resuming from its scratch folder; an exception raised by the stage's code is not retried.
 STAGE_TASK_RETRIES = 2
+# Ctrl-C: how long to wait for a cancelled stage task to end before leaving its staging folder to
+# the next run (a force-cancelled task's worker is killed asynchronously and may still write).
+CANCEL_WAIT_S = 30.0
 
 
 @dataclass
@@ -137,8 +140,7 @@ class Runner:
         """Shared storage on a multi-node cluster; every stage to run fits the nodes present."""
         nodes = placement.alive_nodes()
         storage.check(self.config.run, len(nodes))
-        if hasattr(self.store, "check"):
-            self.store.check()
+        self.store.check()
         if not self.config.cluster.check_resources:
             return
         for item in self.plan.selected:
@@ -277,8 +279,8 @@ class Runner:
         try:
             manifest = self._wait(ref)
         except KeyboardInterrupt:
-            ray.cancel(ref, force=True)
-            self.store.discard(staging)
+            if not cancel_stage_task(ref, self.store, staging):
+                self.console.print(f"  [yellow]note[/]    {item.name:<10} task still running after cancel")
             self._upload_log(tracker, log_file)
             lineage.end_run(tracker, "KILLED")
             raise
@@ -331,6 +333,18 @@ class Runner:
             self.console.print(f"[yellow]z2h: no report card ({type(exc).__name__}: {exc})[/]")
             return None
         return card.html
+
+
+def cancel_stage_task(ref, store: Store, staging: Path, wait_s: float = CANCEL_WAIT_S) -> bool:
+    """Force-cancel a stage task and remove its staging folder once the task has ended (bounded
+    wait). A task still running keeps its folder, which the next run holding the build lock clears."""
+    import ray
+
+    ray.cancel(ref, force=True)
+    ended, _ = ray.wait([ref], timeout=wait_s)
+    if ended:
+        store.discard(staging)
+    return bool(ended)
 
 
 def _one_line(exc: BaseException) -> str:

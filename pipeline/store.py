@@ -1,31 +1,53 @@
-"""Content-addressed store: `<root>/<stage>/<fingerprint>/` plus `manifest.json`.
+"""Content-addressed store of stage outputs: `<root>/<stage>/<fingerprint>/` plus `manifest.json`.
 
-A stage writes into a staging folder next to its final place; the manifest is written
-last and the folder is renamed into place in one atomic step. No manifest means not
+`Store` is the one interface the pipeline uses, with two backings: `LocalStore` (a POSIX
+filesystem: local disk, or one every node mounts) and `pipeline.remote_store.RemoteStore` (an
+fsspec URI). `open_store` picks one for `run.store`.
+
+A stage writes into a private staging folder; the manifest is written last and the entry is
+committed in one atomic step (a rename here, one manifest PUT remotely). No manifest means not
 done: an interrupted stage never leaves an entry that looks complete.
 
-`open_store` picks this store for a path (local, or a filesystem every node mounts) and
-`pipeline.remote_store.RemoteStore` for an fsspec URI. Both keep scratch folders and build
-locks (one `z2h run` builds a fingerprint at a time) under the work dir.
+Staging folders and the build lock that guards them live together under `staging_root`: the run
+holding `lock(stage, fingerprint)` is the only live writer of that fingerprint's staging folders,
+so it may clear the ones dead runs left.
+- `LocalStore`: staging folders sit beside their entries (the commit is a rename), so the lock is
+  in the store root too: runs from different work dirs that share one store share its locks.
+- `RemoteStore`: an object store has no locks, and its staging folders are local, under
+  `<workdir>/staging/` with their locks. A run only ever clears its own work dir's staging; runs
+  from other work dirs on the same URI may build one fingerprint at once, and the manifest-last
+  commit leaves one complete entry.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
+import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+
+from pipeline.build_lock import BuildLock, build_lock
+from pipeline.errors import UsageError
 
 MANIFEST = "manifest.json"
-_STAGING_PREFIX = ".staging-"
+STAGING_PREFIX = ".staging-"
+LOCKS = ".locks"  # under staging_root: <stage>/<fingerprint>.lock
+_UPLOAD = re.compile(r"[0-9a-f]{12}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class ManifestError(ValueError):
+    """A manifest that does not hold up: a field with the wrong type or format, or a path that
+    would leave the entry folder (a damaged or tampered store)."""
 
 
 @dataclass
@@ -53,13 +75,44 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
+        """Parse and validate; a ValueError (a ManifestError naming the field) for anything else."""
         raw = json.loads(text)
+        if not isinstance(raw, dict) or not isinstance(raw.get("files"), list):
+            raise ManifestError("not a JSON object with a list of files")
         raw["files"] = [FileEntry(**f) for f in raw["files"]]
-        return cls(**raw)
+        manifest = cls(**raw)
+        manifest.validate()
+        return manifest
+
+    def validate(self) -> None:
+        """Every field that becomes part of a path or a check has its format; file paths stay
+        inside the entry folder."""
+        if not isinstance(self.upload, str) or (self.upload and not _UPLOAD.fullmatch(self.upload)):
+            raise ManifestError(f"field upload {self.upload!r} is not 12 hex digits")
+        for index, item in enumerate(self.files):
+            where = f"field files[{index}]"
+            if not _inside(item.path):
+                raise ManifestError(f"{where}.path {item.path!r} is not a relative path inside the entry")
+            if isinstance(item.bytes, bool) or not isinstance(item.bytes, int) or item.bytes < 0:
+                raise ManifestError(f"{where}.bytes {item.bytes!r} is not a byte count")
+            if not isinstance(item.sha256, str) or not _SHA256.fullmatch(item.sha256):
+                raise ManifestError(f"{where}.sha256 {item.sha256!r} is not 64 hex digits")
+
+    def list_files(self, folder: Path) -> None:
+        """Record the files staged in `folder` (sizes, sha256s, counts)."""
+        self.files = scan_files(folder)
+        self.counts.update(files=len(self.files), bytes=self.total_bytes)
 
     @property
     def total_bytes(self) -> int:
         return sum(f.bytes for f in self.files)
+
+
+def _inside(path: object) -> bool:
+    """A '/'-separated relative path with no empty, '.' or '..' part: it cannot leave its folder."""
+    if not isinstance(path, str) or "\x00" in path or path == MANIFEST:
+        return False
+    return all(part not in ("", ".", "..") for part in path.split("/"))
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -80,6 +133,24 @@ def scan_files(folder: Path) -> list[FileEntry]:
     return entries
 
 
+def fsync_path(path: Path | str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(folder: Path, manifest: Manifest) -> None:
+    """Write the manifest into `folder` last, then flush every file, the manifest and every
+    directory to disk: the rename that publishes `folder` never outlives its content in a crash."""
+    (folder / MANIFEST).write_text(manifest.to_json())
+    for dirpath, _dirs, files in os.walk(folder, topdown=False):
+        for name in files:
+            fsync_path(os.path.join(dirpath, name))
+        fsync_path(dirpath)
+
+
 @dataclass
 class Lookup:
     """Result of looking for an entry: a manifest, or why there is none."""
@@ -92,89 +163,107 @@ class Lookup:
         return self.manifest is not None
 
 
-class Store:
-    """A store on a POSIX filesystem (local disk, or NFS/Lustre/... mounted by every node)."""
+class Store(ABC):
+    """Where stage outputs live. Stages read and write local folders: `staging` gives one to write
+    an entry into, `commit` publishes it, `materialize` gives a committed entry's files."""
 
-    def __init__(self, root: Path, scratch_root: Path | None = None):
-        self.root = Path(root)
-        self.scratch_root = Path(scratch_root) if scratch_root else self.root.parent / "scratch"
-
-    def entry(self, stage: str, fingerprint: str) -> Path:
-        return self.root / stage / fingerprint
-
-    def location(self, stage: str, fingerprint: str) -> str:
-        """Where the entry lives, as recorded in lineage (a path here, a URI for remote stores)."""
-        return str(self.entry(stage, fingerprint))
-
-    def materialize(self, stage: str, fingerprint: str) -> Path:
-        """A local folder holding the committed entry's files: the entry itself here."""
-        return self.entry(stage, fingerprint)
+    staging_root: Path  # local: staging folders and the build locks that guard them
+    scratch_root: Path  # local: per-fingerprint folders that survive crashes
 
     @property
+    @abstractmethod
     def describe(self) -> str:
-        return str(self.root)
+        """The store's root, for people."""
+
+    @abstractmethod
+    def location(self, stage: str, fingerprint: str) -> str:
+        """Where the entry lives, as recorded in lineage (a path, or a URI)."""
+
+    @abstractmethod
+    def check(self) -> None:
+        """Fail fast (UsageError, exit 2) when the store cannot be written."""
+
+    @abstractmethod
+    def materialize(self, stage: str, fingerprint: str) -> Path:
+        """A local folder holding the committed entry's files."""
+
+    @abstractmethod
+    def commit(self, staging: Path, manifest: Manifest, *, replace: bool = False) -> str:
+        """List the staged files in the manifest and publish the entry, manifest last; returns its
+        location. If another run committed the same fingerprint meanwhile, theirs stays (same
+        inputs, same outputs) unless `replace` (a forced rebuild) asks to swap it."""
+
+    # -- what a backing provides for reading -----------------------------------------
+    @abstractmethod
+    def _manifest_bytes(self, stage: str, fingerprint: str) -> bytes | None:
+        """The committed manifest as stored; None when there is none."""
+
+    @abstractmethod
+    def _files_location(self, manifest: Manifest) -> str:
+        """Where the entry's files are, for messages."""
+
+    @abstractmethod
+    def _file_sizes(self, manifest: Manifest) -> dict[str, int]:
+        """Every file present in the entry's files folder: relative path -> bytes."""
+
+    @abstractmethod
+    def _file_sha256(self, manifest: Manifest, path: str) -> str:
+        """The sha256 of one of the entry's files."""
+
+    # -- reading ----------------------------------------------------------------------
+    def read_manifest(self, stage: str, fingerprint: str) -> tuple[Manifest | None, str]:
+        """The entry's validated manifest, or None and why ("" when it was never committed)."""
+        data = self._manifest_bytes(stage, fingerprint)
+        if data is None:
+            return None, ""
+        where = f"{self.location(stage, fingerprint)}/{MANIFEST}"
+        try:
+            manifest = Manifest.from_json(data.decode())
+        except ManifestError as exc:
+            return None, f"invalid manifest {where}: {exc}"
+        except (ValueError, TypeError, KeyError) as exc:
+            return None, f"unreadable manifest {where}: {exc}"
+        if manifest.fingerprint != fingerprint or manifest.stage != stage:
+            return None, f"manifest {where} names {manifest.stage}/{manifest.fingerprint}"
+        return manifest, ""
 
     def lookup(self, stage: str, fingerprint: str, *, checksums: bool = False) -> Lookup:
-        """Find a committed entry and verify it: every listed file present with its size
-        (and its sha256 when `checksums`). A failed check is a miss with a reason."""
-        folder = self.entry(stage, fingerprint)
-        manifest_path = folder / MANIFEST
-        if not manifest_path.exists():
-            return Lookup(None)
-        try:
-            manifest = Manifest.from_json(manifest_path.read_text())
-        except (ValueError, TypeError, KeyError) as exc:
-            return Lookup(None, f"unreadable manifest {manifest_path}: {exc}")
-        if manifest.fingerprint != fingerprint or manifest.stage != stage:
-            return Lookup(None, f"manifest {manifest_path} names {manifest.stage}/{manifest.fingerprint}")
+        """Find a committed entry and verify it: every listed file present with its size (and its
+        sha256 when `checksums`). A failed check is a miss with a reason."""
+        manifest, reason = self.read_manifest(stage, fingerprint)
+        if manifest is None:
+            return Lookup(None, reason)
+        sizes = self._file_sizes(manifest)
+        where = self._files_location(manifest)
         for item in manifest.files:
-            path = folder / item.path
-            if not path.is_file():
-                return Lookup(None, f"{path} is listed in the manifest but missing")
-            if path.stat().st_size != item.bytes:
-                return Lookup(None, f"{path} has {path.stat().st_size} bytes, manifest says {item.bytes}")
-            if checksums and sha256_file(path) != item.sha256:
-                return Lookup(None, f"{path} does not match its sha256 in the manifest")
+            size = sizes.get(item.path)
+            if size is None:
+                return Lookup(None, f"{where}/{item.path} is listed in the manifest but missing")
+            if size != item.bytes:
+                return Lookup(None, f"{where}/{item.path} has {size} bytes, manifest says {item.bytes}")
+            if checksums and self._file_sha256(manifest, item.path) != item.sha256:
+                return Lookup(None, f"{where}/{item.path} does not match its sha256 in the manifest")
         return Lookup(manifest)
 
+    # -- staging, locks, scratch: local folders in both backings ------------------------
     def staging(self, stage: str, fingerprint: str) -> Path:
-        """A fresh private folder to write an entry into; committed with `commit`."""
-        folder = self.root / stage / f"{_STAGING_PREFIX}{fingerprint}-{uuid.uuid4().hex[:8]}"
+        """A fresh private folder to write an entry into; published with `commit`."""
+        folder = self.staging_root / stage / f"{STAGING_PREFIX}{fingerprint}-{uuid.uuid4().hex[:8]}"
         folder.mkdir(parents=True)
         return folder
-
-    def commit(self, staging: Path, manifest: Manifest, *, replace: bool = False) -> Path:
-        """Write the manifest last, then rename the staging folder into place.
-
-        If another run committed the same fingerprint meanwhile, theirs stays (same
-        inputs, same outputs) unless `replace` (a forced rebuild) asks to swap it.
-        """
-        manifest.files = scan_files(staging)
-        manifest.counts.update(files=len(manifest.files), bytes=manifest.total_bytes)
-        tmp = staging / f"{MANIFEST}.tmp"
-        tmp.write_text(manifest.to_json())
-        os.replace(tmp, staging / MANIFEST)
-        final = self.entry(manifest.stage, manifest.fingerprint)
-        try:
-            os.rename(staging, final)
-        except OSError:
-            if not replace and self.lookup(manifest.stage, manifest.fingerprint).hit:
-                self.discard(staging)
-                return final
-            # Occupied by an entry to replace, or by debris without a manifest: move it
-            # aside first so readers never see a half-swapped folder.
-            aside = final.with_name(f"{_STAGING_PREFIX}{final.name}-old-{uuid.uuid4().hex[:8]}")
-            os.rename(final, aside)
-            os.rename(staging, final)
-            shutil.rmtree(aside, ignore_errors=True)
-        return final
 
     def discard(self, staging: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
+    def lock(
+        self, stage: str, fingerprint: str, on_wait: Callable[[], None] | None = None
+    ) -> AbstractContextManager[BuildLock]:
+        """Held by the one run building `stage/fingerprint` (see `pipeline.build_lock`)."""
+        return build_lock(self.staging_root / LOCKS / stage / f"{fingerprint}.lock", on_wait)
+
     def clear_staging(self, stage: str, fingerprint: str) -> None:
-        """Remove staging folders of this entry left by runs that died; call it holding `lock`."""
-        for debris in (self.root / stage).glob(f"{_STAGING_PREFIX}{fingerprint}-*"):
+        """Remove this entry's staging folders left by runs that died; call it holding `lock`."""
+        for debris in (self.staging_root / stage).glob(f"{STAGING_PREFIX}{fingerprint}-*"):
             shutil.rmtree(debris, ignore_errors=True)
 
     def scratch(self, stage: str, fingerprint: str) -> Path:
@@ -186,51 +275,70 @@ class Store:
     def clean_scratch(self, stage: str, fingerprint: str) -> None:
         shutil.rmtree(self.scratch_root / stage / fingerprint, ignore_errors=True)
 
-    def lock(self, stage: str, fingerprint: str, on_wait: Callable[[], None] | None = None):
-        return build_lock(self.scratch_root, stage, fingerprint, on_wait)
 
+class LocalStore(Store):
+    """A store on a POSIX filesystem (local disk, or NFS/Lustre/... mounted by every node)."""
 
-@dataclass
-class BuildLock:
-    """A held build lock. `previous` is what the last holder recorded and did not clear: it died
-    while building (a holder that returns or raises clears its record)."""
+    def __init__(self, root: Path, scratch_root: Path | None = None):
+        self.root = Path(root)
+        self.staging_root = self.root  # beside the entries: committing is a rename
+        self.scratch_root = Path(scratch_root) if scratch_root else self.root.parent / "scratch"
 
-    handle: Any
-    previous: str
+    def entry(self, stage: str, fingerprint: str) -> Path:
+        return self.root / stage / fingerprint
 
-    def record(self, text: str) -> None:
-        self.handle.truncate(0)
-        self.handle.write(text)
-        self.handle.flush()
+    def location(self, stage: str, fingerprint: str) -> str:
+        return str(self.entry(stage, fingerprint))
 
+    @property
+    def describe(self) -> str:
+        return str(self.root)
 
-@contextlib.contextmanager
-def build_lock(
-    scratch_root: Path, stage: str, fingerprint: str, on_wait: Callable[[], None] | None = None
-) -> Iterator[BuildLock]:
-    """Held by the one `z2h run` building `stage/fingerprint`: runs sharing a work dir never write
-    the same scratch folder at once. An flock, so the kernel releases it when its holder dies
-    (and NFSv4 carries it between nodes). `on_wait` is called once if another run holds it."""
-    path = scratch_root / stage / f".{fingerprint}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        waited = False
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not waited and on_wait is not None:
-                    on_wait()
-                waited = True
-                time.sleep(0.5)
-        handle.seek(0)
-        held = BuildLock(handle, handle.read().strip())
+    def check(self) -> None:
         try:
-            yield held
-        finally:
-            held.record("")
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".z2h-probe-"):
+                pass
+        except OSError as exc:
+            raise UsageError(f"run.store {self.root}: cannot write there ({exc.strerror})") from None
+
+    def materialize(self, stage: str, fingerprint: str) -> Path:
+        return self.entry(stage, fingerprint)
+
+    def _manifest_bytes(self, stage: str, fingerprint: str) -> bytes | None:
+        try:
+            return (self.entry(stage, fingerprint) / MANIFEST).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def _files_location(self, manifest: Manifest) -> str:
+        return self.location(manifest.stage, manifest.fingerprint)
+
+    def _file_sizes(self, manifest: Manifest) -> dict[str, int]:
+        folder = self.entry(manifest.stage, manifest.fingerprint)
+        return {p.relative_to(folder).as_posix(): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+
+    def _file_sha256(self, manifest: Manifest, path: str) -> str:
+        return sha256_file(self.entry(manifest.stage, manifest.fingerprint) / path)
+
+    def commit(self, staging: Path, manifest: Manifest, *, replace: bool = False) -> str:
+        manifest.list_files(staging)
+        write_durably(staging, manifest)
+        final = self.entry(manifest.stage, manifest.fingerprint)
+        try:
+            os.rename(staging, final)
+        except OSError:
+            if not replace and self.lookup(manifest.stage, manifest.fingerprint).hit:
+                self.discard(staging)
+                return str(final)
+            # Occupied by an entry to replace, or by debris without a manifest: move it aside
+            # first so readers never see a half-swapped folder.
+            aside = final.with_name(f"{STAGING_PREFIX}{final.name}-old-{uuid.uuid4().hex[:8]}")
+            os.rename(final, aside)
+            os.rename(staging, final)
+            shutil.rmtree(aside, ignore_errors=True)
+        fsync_path(final.parent)  # the rename itself
+        return str(final)
 
 
 def is_uri(text: str) -> bool:
@@ -239,13 +347,13 @@ def is_uri(text: str) -> bool:
     return bool(sep) and scheme.replace("+", "").replace("-", "").isalnum()
 
 
-def open_store(store: str | Path | None, workdir: Path):
-    """The store for `run.store`: a plain path (default `<workdir>/store`) is a `Store`; an fsspec
+def open_store(store: str | Path | None, workdir: Path) -> Store:
+    """The store for `run.store`: a plain path (default `<workdir>/store`) is a `LocalStore`; an fsspec
     URI (`s3://`, `gs://`, `file://`, ...) is a `RemoteStore` that stages and caches under `workdir`."""
     if store is None:
-        return Store(workdir / "store", workdir / "scratch")
+        return LocalStore(workdir / "store", workdir / "scratch")
     if is_uri(str(store)):
         from pipeline.remote_store import RemoteStore
 
         return RemoteStore(str(store), workdir)
-    return Store(Path(store), workdir / "scratch")
+    return LocalStore(Path(store), workdir / "scratch")

@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 
 from pipeline import config as config_io
 from pipeline import registry
-from pipeline.store import Store
+from pipeline.store import LocalStore
 from stages.pretrain.launch import run_local
 from stages.pretrain.train import Job
 
@@ -261,7 +261,7 @@ def test_sigkill_of_a_training_worker_restarts_from_the_last_checkpoint(cluster,
     config = pipeline_config(cluster, work, *LONG)
     cfg = config.stages["pretrain"]
     fingerprint = checkpoint.parent.parent.name
-    store = Store(work / "store")
+    store = LocalStore(work / "store")
     found = store.lookup("pretrain", fingerprint, checksums=True)
     assert found.hit  # one complete, verified entry; its scratch (checkpoints) is gone
     assert not (scratch / fingerprint).exists() and not list((work / "store" / "pretrain").glob(".staging-*"))
@@ -328,7 +328,7 @@ def test_killed_driver_rerun_reuses_finished_stages_and_resumes(cluster, spread)
     steps = sorted(m.step for m in client.get_metric_history(runs["pretrain"].info.run_id, "train/loss"))
     assert steps[0] > saved and steps[-1] == 40  # resumed after the checkpoint, not from step 1
 
-    found = Store(work / "store").lookup("pretrain", fingerprint, checksums=True)
+    found = LocalStore(work / "store").lookup("pretrain", fingerprint, checksums=True)
     assert found.hit and found.manifest.run_id == runs["pretrain"].info.run_id
     assert found.manifest.metrics["tokens_seen"] == 40 * 1024
     assert not list((work / "store" / "pretrain").glob(f".staging-{fingerprint}-*"))  # the killed run's staging
@@ -395,4 +395,4 @@ def test_node_death_during_data_redoes_only_unfinished_tasks(cluster, spread, tm
     assert ours == theirs
     ids = [d["id"] for docs in ours.values() for d in docs]
     assert len(ids) == len(set(ids)) > 20
-    assert Store(work / "store").lookup("data", entry.name, checksums=True).hit
+    assert LocalStore(work / "store").lookup("data", entry.name, checksums=True).hit

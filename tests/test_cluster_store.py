@@ -3,9 +3,13 @@ and a whole pipeline run whose store is a `file://` URI (the object-store code p
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -15,7 +19,8 @@ from mlflow import MlflowClient
 
 from pipeline import cli
 from pipeline.remote_store import RemoteStore
-from pipeline.store import MANIFEST, Manifest, open_store
+from pipeline.runner import cancel_stage_task
+from pipeline.store import MANIFEST, LocalStore, Manifest, ManifestError, open_store
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -156,19 +161,96 @@ def test_pipeline_on_a_file_uri_store(tmp_path: Path, toy_registry, capsys):
 
 
 def test_build_lock_tells_the_next_holder_that_the_last_one_died(tmp_path: Path):
-    from pipeline.store import build_lock
-
-    with build_lock(tmp_path, "s", "abc") as held:
+    store = LocalStore(tmp_path)
+    with store.lock("s", "abc") as held:
         assert held.previous == ""
         held.record("run-1")
-    with build_lock(tmp_path, "s", "abc") as held:
+    with store.lock("s", "abc") as held:
         assert held.previous == ""  # run-1 returned: its record went with it
     # A holder killed while building leaves its record; the kernel releases its flock.
     script = (
-        "import os, sys; from pathlib import Path; from pipeline.store import build_lock\n"
-        "lock = build_lock(Path(sys.argv[1]), 's', 'abc'); held = lock.__enter__(); held.record('run-2')\n"
+        "import os, sys; from pathlib import Path; from pipeline.store import LocalStore\n"
+        "lock = LocalStore(Path(sys.argv[1])).lock('s', 'abc'); held = lock.__enter__(); held.record('run-2')\n"
         "os._exit(9)\n"
     )
     assert subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=REPO).returncode == 9
-    with build_lock(tmp_path, "s", "abc") as held:
+    with store.lock("s", "abc") as held:
         assert held.previous == "run-2"
+
+
+def test_a_uri_store_stages_and_locks_in_its_work_dir(tmp_path: Path):
+    """No locks in an object store: staging folders and their locks are local to each work dir, so a
+    run never clears another work dir's staging (racing commits leave one entry, tested above)."""
+    uri = f"memory://z2h-{uuid.uuid4().hex[:8]}/store"
+    run_a, run_b = RemoteStore(uri, tmp_path / "a"), RemoteStore(uri, tmp_path / "b")
+    staging = run_a.staging("s", "abc")
+    with run_b.lock("s", "abc"):
+        run_b.clear_staging("s", "abc")
+    assert staging.is_dir()
+    assert (tmp_path / "b" / "staging" / ".locks" / "s" / "abc.lock").is_file()
+
+
+def tamper(store: RemoteStore, change) -> str:
+    """Rewrite the committed s/abc manifest with `change(raw)`; returns its URI."""
+    path = store._remote("s", "abc", MANIFEST)
+    raw = json.loads(store.fs.cat_file(path))
+    change(raw)
+    store.fs.pipe_file(path, json.dumps(raw).encode())
+    return f"{store.location('s', 'abc')}/{MANIFEST}"
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (lambda raw: raw.update(upload="../../../../outside"), "field upload '../../../../outside' is not 12 hex"),
+        (lambda raw: raw.update(upload=""), "field upload is empty"),
+        (lambda raw: raw["files"][0].update(path="../../../../../escape.txt"), "field files[0].path '../../../"),
+        (lambda raw: raw["files"][0].update(path="/tmp/escape.txt"), "field files[0].path '/tmp/escape.txt' is not"),
+    ],
+)
+def test_a_tampered_remote_manifest_is_refused_naming_it_and_the_field(remote: RemoteStore, change, says):
+    commit(remote)
+    where = tamper(remote, change)
+    found = remote.lookup("s", "abc")
+    assert not found.hit and found.reason.startswith(f"invalid manifest {where}: {says}")
+    with pytest.raises(ManifestError, match=re.escape(f"invalid manifest {where}: {says}")):
+        remote.materialize("s", "abc")
+    assert not list(remote.workdir.parent.rglob("escape.txt")) and not (remote.workdir.parent / "outside").exists()
+
+
+def test_a_tampered_upload_id_never_deletes_outside_the_entry(tmp_path: Path):
+    """A forced rebuild removes the replaced upload named by the old manifest: a manifest pointing
+    `upload` at a sibling entry must not get that entry deleted."""
+    store = RemoteStore(f"file://{tmp_path / 'bucket'}", tmp_path / "work")
+    commit(store, fp="other")
+    commit(store)
+    tamper(store, lambda raw: raw.update(upload="../other"))
+    commit(store, "HELLO", replace=True)
+    assert store.lookup("s", "other", checksums=True).hit
+    assert (store.materialize("s", "abc") / "out.txt").read_text() == "HELLO"
+
+
+def test_ctrl_c_removes_staging_only_after_the_cancelled_task_ended(tmp_path: Path, ray_session):
+    """`ray.cancel` is asynchronous: the task may still write its staging folder (or be committing
+    it) for a while. The staging folder goes only once the task has ended."""
+    import psutil
+    import ray
+
+    store = LocalStore(tmp_path / "store")
+    staging = store.staging("s", "abc")
+
+    @ray.remote(max_retries=2)
+    def stage_still_writing(folder: Path) -> None:
+        (folder.parent / "pid").write_text(str(os.getpid()))
+        while True:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "part").write_text("more")
+
+    ref = stage_still_writing.remote(staging)
+    while not (tmp_path / "store" / "s" / "pid").exists() or not (staging / "part").exists():
+        time.sleep(0.05)
+    pid = int((tmp_path / "store" / "s" / "pid").read_text())
+    assert cancel_stage_task(ref, store, staging)
+    with contextlib.suppress(psutil.NoSuchProcess):  # the task's worker is gone, or exited and not yet reaped
+        assert psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert not staging.exists()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.store import Store
+from pipeline.store import LocalStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 TESTS = Path(__file__).parent
@@ -43,7 +43,7 @@ def test_two_runs_at_once_share_the_work_dir_safely(tmp_path: Path):
     outs = [p.communicate(timeout=400)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n\n".join(outs)
 
-    store = Store(work / "store")
+    store = LocalStore(work / "store")
     manifests = {}
     for stage in ("words", "count", "model"):
         (entry,) = [p for p in (store.root / stage).iterdir()]  # one entry, no staging debris

@@ -5,12 +5,12 @@ import pytest
 from pipeline import config as config_io
 from pipeline import graph
 from pipeline.errors import UsageError
-from pipeline.store import Manifest, Store
+from pipeline.store import LocalStore, Manifest
 
 
 def plan_for(toy_registry, toy_config, overrides=(), selection=None, store=None):
     config = config_io.load([toy_config], list(overrides), toy_registry)
-    store = store or Store(config.run.workdir / "store")
+    store = store or LocalStore(config.run.workdir / "store")
     return graph.build_plan(config, toy_registry, store, selection or graph.Selection())
 
 
@@ -19,7 +19,7 @@ def fingerprints(plan) -> dict[str, str]:
 
 
 def fake_commit(plan, *names):
-    store = Store(plan.config.run.workdir / "store")
+    store = LocalStore(plan.config.run.workdir / "store")
     for name in names:
         item = plan[name]
         staging = store.staging(name, item.fingerprint)

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from pipeline import cli
 from pipeline import config as config_io
-from pipeline.store import MANIFEST, Store
+from pipeline.store import MANIFEST, LocalStore
 
 pytestmark = pytest.mark.slow
 TESTS = Path(__file__).parent
@@ -83,7 +83,7 @@ def first_run(tmp_path_factory):
 
 def test_full_run_commits_every_stage(first_run):
     assert first_run["code"] == 0
-    store = Store(first_run["config"].run.workdir / "store")
+    store = LocalStore(first_run["config"].run.workdir / "store")
     for name in ("words", "count", "model"):
         entries = [p for p in (store.root / name).iterdir()]
         assert len(entries) == 1 and (entries[0] / MANIFEST).exists()
@@ -139,7 +139,7 @@ def test_failing_stage_leaves_no_entry_and_stops_downstream(first_run, capsys):
     assert code == 1
     err = capsys.readouterr().err
     assert "RuntimeError: count stage asked to fail" in err
-    store = Store(first_run["config"].run.workdir / "store")
+    store = LocalStore(first_run["config"].run.workdir / "store")
     assert len(list((store.root / "count").iterdir())) == 1  # only the good entry from the first run
     assert not list(store.root.glob("*/.staging-*"))
     client = first_run["client"]
@@ -232,6 +232,6 @@ def test_ctrl_c_cancels_and_marks_runs_killed(first_run):
     parent = latest_parent(client, first_run["config"])
     assert client.get_run(parent).info.status == "KILLED"
     assert stage_runs(client, parent)["count"].info.status == "KILLED"
-    store = Store(first_run["config"].run.workdir / "store")
+    store = LocalStore(first_run["config"].run.workdir / "store")
     assert len(list((store.root / "count").iterdir())) == 1
     assert not list(store.root.glob("*/.staging-*"))

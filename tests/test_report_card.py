@@ -13,7 +13,7 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline import lineage, report_card
-from pipeline.store import Manifest, Store
+from pipeline.store import LocalStore, Manifest
 
 SECTIONS = [
     "Run",
@@ -83,7 +83,7 @@ def eval_table() -> dict:
     return {"columns": ["base", "sft", "rl"], "models": {}, "rows": rows}
 
 
-def commit(store: Store, stage: str, fp: str, run_id: str, files: dict[str, object], seconds: float) -> None:
+def commit(store: LocalStore, stage: str, fp: str, run_id: str, files: dict[str, object], seconds: float) -> None:
     staging = store.staging(stage, fp)
     for name, content in files.items():
         (staging / name).write_text(json.dumps(content))
@@ -99,7 +99,7 @@ def tiny_run(tmp_path: Path):
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     lineage.check_tracking(uri)
     experiment = lineage.experiment_id(uri, "tiny", workdir / "mlartifacts")
-    store = Store(workdir / "store")
+    store = LocalStore(workdir / "store")
     producer = lineage.start_run(uri, experiment, "data-earlier", {"z2h.kind": "stage", "z2h.stage": "data"})
     lineage.end_run(producer, "FINISHED")
     names = ["data", "tokenizer", "pretrain", "rl", "eval"]

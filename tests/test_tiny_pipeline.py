@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline import cli
-from pipeline.store import Store
+from pipeline.store import LocalStore
 from stages.common.shards import Split
 from stages.common.tokenizer import load
 
@@ -38,7 +38,7 @@ def test_tiny_config_until_tokenizer(tmp_path: Path):
         argv += ["--set", assignment]
     assert cli.main(argv) == 0
 
-    store = Store(workdir / "store")
+    store = LocalStore(workdir / "store")
     (data_entry,) = [p for p in (store.root / "data").iterdir() if not p.name.startswith(".")]
     (tok_entry,) = [p for p in (store.root / "tokenizer").iterdir() if not p.name.startswith(".")]
     stats = json.loads((data_entry / "stats.json").read_text())
