@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stages.common.generate import Sampling, generate, pick, stream
+from stages.common.generate import Decoder, Sampling, generate, pick, stream
 from stages.common.model import GPTConfig, build
 
 PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11], [12, 13], [7] * 20]
@@ -86,6 +86,36 @@ def test_stream_yields_the_same_tokens_as_generate():
     model = _model()
     greedy = Sampling(max_new_tokens=20)
     assert list(stream(model, PROMPTS[1], greedy, STOP)) == generate(model, [PROMPTS[1]], greedy, STOP)[0]
+
+
+def test_rows_that_join_a_running_batch_get_the_replies_they_would_get_alone():
+    """Continuous batching: prompts longer and shorter than the running rows join between steps,
+    rows leave when their budget is spent, and the batch outlives the 24-slot cache (so its
+    all-padding slots must be dropped on the way); every greedy reply equals the prompt run alone."""
+    model = _model(seq_len=24)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12, 13], [11], [7] * 12, [9, 8]]
+    arrivals = {0: [0], 2: [1], 5: [2, 4], 9: [3]}
+    budgets = [24 - len(p) for p in prompts]  # each row runs to the end of the context
+    decoder, active, replies = Decoder(model), [], {i: [] for i in range(len(prompts))}
+    logits = torch.empty(0, model.cfg.vocab_size)
+    for step in range(40):
+        joining = arrivals.get(step, [])
+        if joining:
+            logits = torch.cat([logits, decoder.add([prompts[i] for i in joining])])
+            active += joining
+        if not active:
+            break
+        chosen = logits.argmax(dim=-1)
+        for index, token in zip(active, chosen.tolist(), strict=True):
+            replies[index].append(token)
+        going = torch.tensor([len(replies[i]) < budgets[i] for i in active])
+        active = [i for i, g in zip(active, going.tolist(), strict=True) if g]
+        decoder.keep(going.nonzero().squeeze(-1))
+        if active:
+            logits = decoder.step(chosen[going])
+    assert step > 24  # outlived the cache's capacity
+    alone = [generate(model, [p], Sampling(max_new_tokens=24), stop_id=-1)[0] for p in prompts]
+    assert [replies[i] for i in range(len(prompts))] == alone
 
 
 def test_bad_prompts_and_settings_are_refused_with_the_reason():

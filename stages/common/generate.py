@@ -4,6 +4,8 @@ with a KV cache, temperature, top-k and top-p, stopping at a stop token.
 Prompts of a batch are left-padded so one forward pass per step extends every row by one token;
 rows that stop leave the batch (and the cache). `use_cache=False` recomputes the whole sequence
 each step instead, right-padded and without a cache: the reference the cached path must equal.
+`Decoder` is the step-wise form underneath: rows join (with a prefill) and leave between steps,
+which is all a server needs for continuous batching.
 """
 
 from __future__ import annotations
@@ -63,19 +65,53 @@ def _budget(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: 
     return min(max_new_tokens, seq_len - max(len(p) for p in prompts))
 
 
+class Decoder:
+    """Rows that decode together through one KV cache. `add` prefills new prompts (left-padded
+    together) and appends them as the last rows, `step` feeds every row its newest token, `keep`
+    drops the rest; each returns next-token logits (rows, vocab) for the rows it ran. The cache holds
+    `capacity` slots (default: the model's context); slots that became padding in every row are
+    dropped when it fills up, so rows can keep joining a batch that never empties."""
+
+    def __init__(self, model: nn.Module, capacity: int | None = None):
+        self.model = model
+        self.capacity = capacity or model.cfg.seq_len
+        self.device = next(model.parameters()).device
+        self.cache: KVCache | None = None
+
+    @property
+    def rows(self) -> int:
+        return 0 if self.cache is None else self.cache.batch
+
+    def add(self, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+        longest = max(len(p) for p in prompts)
+        pads = torch.tensor([longest - len(p) for p in prompts], device=self.device)
+        tokens = torch.zeros((len(prompts), longest), dtype=torch.long, device=self.device)  # padding: any id
+        for row, prompt in enumerate(prompts):
+            tokens[row, longest - len(prompt) :] = torch.tensor(prompt, device=self.device)
+        cache = KVCache(self.model.cfg, pads, self.capacity)
+        logits = self.model(tokens, cache)[:, -1]
+        if self.rows == 0:
+            self.cache = cache
+        else:
+            self.cache.join(cache)
+        return logits
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.cache.length == self.cache.capacity:
+            self.cache.compact()
+        return self.model(tokens[:, None], self.cache)[:, -1]
+
+    def keep(self, rows: torch.Tensor) -> None:
+        self.cache.keep(rows)
+
+
 def _cached_steps(
     model: nn.Module, prompts: Sequence[Sequence[int]], sampling: Sampling, stop_id: int, generator
 ) -> Iterator[tuple[list[int], list[int]]]:
-    device = next(model.parameters()).device
     budget = _budget(model, prompts, sampling.max_new_tokens)
-    longest = max(len(p) for p in prompts)
-    pads = torch.tensor([longest - len(p) for p in prompts], device=device)
-    tokens = torch.zeros((len(prompts), longest), dtype=torch.long, device=device)  # padding: any valid id
-    for row, prompt in enumerate(prompts):
-        tokens[row, longest - len(prompt) :] = torch.tensor(prompt, device=device)
-    cache = KVCache(model.cfg, pads, longest + budget)
-    rows = torch.arange(len(prompts), device=device)
-    logits = model(tokens, cache)[:, -1]
+    decoder = Decoder(model, capacity=max(len(p) for p in prompts) + budget)
+    rows = torch.arange(len(prompts), device=decoder.device)
+    logits = decoder.add(prompts)
     for step in range(budget):
         chosen = pick(logits, sampling, generator)
         yield rows.tolist(), chosen.tolist()
@@ -84,8 +120,8 @@ def _cached_steps(
             return
         if not going.all():
             rows, chosen = rows[going], chosen[going]
-            cache.keep(going.nonzero().squeeze(-1))
-        logits = model(chosen[:, None], cache)[:, -1]
+            decoder.keep(going.nonzero().squeeze(-1))
+        logits = decoder.step(chosen)
 
 
 def _uncached_steps(
@@ -110,7 +146,7 @@ def _uncached_steps(
             return
 
 
-def _attention_kernels():
+def attention_kernels():
     """Every SDPA kernel but cuDNN's: it builds a plan per key length, ~3.7 ms of CPU per call on
     an H100 (measured by bench/gpu.py), and a decode step brings a new key length every time."""
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
@@ -137,7 +173,7 @@ def generate(
     steps = _cached_steps if use_cache else _uncached_steps
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     replies: list[list[int]] = [[] for _ in prompts]
-    with _attention_kernels():
+    with attention_kernels():
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             for rows, chosen in steps(model, [prompts[i] for i in chunk], sampling, stop_id, generator):
@@ -153,7 +189,7 @@ def stream(
     """One prompt's continuation token by token (for chat), ending with `stop_id` if reached."""
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    with _attention_kernels():
+    with attention_kernels():
         for _, chosen in _cached_steps(model, [prompt], sampling, stop_id, generator):
             yield chosen[0]
 

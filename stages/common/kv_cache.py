@@ -4,6 +4,10 @@ Row b starts with `pads[b]` padding slots, so every row's newest token sits in t
 one decode step appends one column for the whole batch. A token's RoPE position is its slot minus
 the row's padding. The mask lets a query see the real keys up to its own slot; a padding query
 also sees itself, so its (discarded) output stays finite and never turns masked values into NaN.
+
+Rows may also join a running batch (`join`: the shorter side gains left padding so the newest
+tokens line up again) and the slots that have become padding in every row can be dropped
+(`compact`), so a batch that never empties still fits the model's context.
 """
 
 from __future__ import annotations
@@ -60,3 +64,35 @@ class KVCache:
         if self.keys is not None and self.values is not None:
             self.keys = self.keys[:, rows]
             self.values = self.values[:, rows]
+
+    def join(self, other: KVCache) -> None:
+        """Append the rows of `other` (filled by its own forward pass), shifting whichever side holds
+        fewer slots to the right so every row's newest token sits in the same slot again."""
+        if self.keys is None or other.keys is None or self.values is None or other.values is None:
+            raise ValueError("join needs two caches that have both run a forward pass")
+        length = max(self.length, other.length)
+        if length > self.capacity:
+            raise ValueError(f"cache full: joining {other.length} slots > capacity {self.capacity}")
+
+        def placed(tensor: torch.Tensor, filled: int) -> torch.Tensor:
+            shape = (*tensor.shape[:3], self.capacity, tensor.shape[4])
+            out = tensor.new_zeros(shape)
+            out[:, :, :, length - filled : length] = tensor[:, :, :, :filled]
+            return out
+
+        self.keys = torch.cat([placed(self.keys, self.length), placed(other.keys, other.length)], dim=1)
+        self.values = torch.cat([placed(self.values, self.length), placed(other.values, other.length)], dim=1)
+        self.pads = torch.cat([self.pads + (length - self.length), other.pads + (length - other.length)])
+        self.length = length
+
+    def compact(self) -> None:
+        """Drop the leading slots that are padding in every row; the rest keep their RoPE positions."""
+        drop = int(self.pads.min()) if self.batch else self.length
+        if drop == 0:
+            return
+        kept = self.length - drop
+        for tensor in (self.keys, self.values):
+            if tensor is not None:
+                tensor[:, :, :, :kept] = tensor[:, :, :, drop : self.length].clone()
+        self.pads = self.pads - drop
+        self.length = kept
