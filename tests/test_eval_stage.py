@@ -7,7 +7,7 @@ import json
 
 import pytest
 import ray
-from eval_tiny import write_store
+from eval_tiny import standin_env, write_store
 
 from pipeline.local import RecordingTracker, local_context
 from stages.eval import stage
@@ -35,7 +35,8 @@ def config(**overrides) -> EvalConfig:
 def run_stage(root, upstream, workdir, cfg, tracker=None):
     ctx = local_context("eval", cfg, root, upstream=upstream, seed=SEED, tracker=tracker, workdir=workdir)
     cpus = 0 if stage.resources(cfg).workers > 1 else 1
-    metrics = ray.get(ray.remote(num_cpus=cpus)(stage.run).remote(ctx))
+    env = {"env_vars": standin_env(workdir)}  # inherited by the stage's own tasks
+    metrics = ray.get(ray.remote(num_cpus=cpus, runtime_env=env)(stage.run).remote(ctx))
     return ctx, metrics
 
 
