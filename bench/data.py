@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datatrove.data import Document  # noqa: E402
 from datatrove.pipeline.base import PipelineStep  # noqa: E402
 
+from stages.common.packages import cache_dir  # noqa: E402
 from stages.data.config import DataConfig, SamplesConfig, SourceConfig  # noqa: E402
 from stages.data.funnel import Tally, doc_bytes  # noqa: E402
 from stages.data.readers import Shard, open_source  # noqa: E402
@@ -46,7 +47,9 @@ class ShardReader(PipelineStep):
         yield from open_source(shard, Tally(), self.cap)
 
 
-def per_block(cfg: DataConfig, source: SourceConfig, files: list[str]) -> tuple[list[dict], int, int]:
+def per_block(
+    cfg: DataConfig, source: SourceConfig, files: list[str], package_cache: Path
+) -> tuple[list[dict], int, int]:
     """One process, block by block over materialised lists: docs/s and MB/s of each block's input."""
     from stages.data.recipe import filter_blocks
 
@@ -57,7 +60,7 @@ def per_block(cfg: DataConfig, source: SourceConfig, files: list[str]) -> tuple[
     raw_bytes = tally.bytes["read.in"]
     rows.append(_row("read", tally.docs["read.in"], raw_bytes, time.perf_counter() - start))
     first_docs = len(docs)
-    for name, step in filter_blocks(cfg, tally, html=True):
+    for name, step in filter_blocks(cfg, tally, html=True, package_cache=package_cache):
         size = sum(doc_bytes(d) for d in docs)
         start = time.perf_counter()
         out = list(step(iter(docs)))
@@ -100,7 +103,9 @@ def run_stage(cfg: DataConfig, workdir: Path, root: Path) -> tuple[float, dict]:
     return time.perf_counter() - start, metrics
 
 
-def run_datatrove(cfg: DataConfig, source: SourceConfig, files: list[str], root: Path, tasks: int) -> float:
+def run_datatrove(
+    cfg: DataConfig, source: SourceConfig, files: list[str], root: Path, tasks: int, package_cache: Path
+) -> float:
     """The same blocks, phases and task counts, run by datatrove's LocalPipelineExecutor."""
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup import (
@@ -118,7 +123,8 @@ def run_datatrove(cfg: DataConfig, source: SourceConfig, files: list[str], root:
     mh = dt_config(cfg.minhash)
     # a fresh URL filter: the stage's per-process instance carries its parsed blocklists, far too big to ship
     fresh = {"url_filter": OfflineURLFilter(**cfg.url_filter.model_dump(exclude={"enabled"}))}
-    blocks = [fresh.get(name, step) for name, step in filter_blocks(cfg, Tally(), html=True)]
+    stock = filter_blocks(cfg, Tally(), html=True, package_cache=package_cache)
+    blocks = [fresh.get(name, step) for name, step in stock]
     phases = [
         (
             [
@@ -196,11 +202,11 @@ def main() -> None:
     files, _ = expand(source)
     root = Path(tempfile.mkdtemp(prefix="z2h-bench-data-"))
     try:
-        blocks, docs_in, raw_bytes = per_block(cfg, source, files)
+        blocks, docs_in, raw_bytes = per_block(cfg, source, files, cache_dir(args.workdir))
         for row in blocks:
             print(f"{row['block']:>18}: {row['docs']:>5} docs {row['docs_per_s']:>8} docs/s {row['mb_per_s']:>7} MB/s")
         stage_s, metrics = run_stage(cfg, args.workdir, root / "stage")
-        datatrove_s = run_datatrove(cfg, source, files, root / "datatrove", args.tasks)
+        datatrove_s = run_datatrove(cfg, source, files, root / "datatrove", args.tasks, cache_dir(args.workdir))
         cores = args.workers
         print(f"stage on Ray: {stage_s:.1f}s; datatrove LocalPipelineExecutor: {datatrove_s:.1f}s ({cores} workers)")
         scaling = minhash_scaling(cfg)

