@@ -166,7 +166,14 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def fingerprint(name: str, config: StageConfig, code: str, upstream: Mapping[str, str], seed: int) -> str:
+def fingerprint(
+    name: str,
+    config: StageConfig,
+    code: str,
+    upstream: Mapping[str, str],
+    seed: int,
+    inputs: Mapping[str, str] | None = None,
+) -> str:
     payload = {
         "stage": name,
         "config": fingerprint_config(config),
@@ -174,6 +181,8 @@ def fingerprint(name: str, config: StageConfig, code: str, upstream: Mapping[str
         "upstream": dict(sorted(upstream.items())),
         "seed": seed,
     }
+    if inputs:  # only stages that read outside files (`Stage.inputs`): other fingerprints stay as they were
+        payload["inputs"] = dict(sorted(inputs.items()))
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -271,7 +280,8 @@ def build_plan(
         stage = registry[name]
         stage_config = config.stages[name]
         upstream = {need: fingerprints[need] for need in stage.needs}
-        fp = fingerprint(name, stage_config, code_hash(stage), upstream, config.run.seed)
+        inputs = stage.inputs(stage_config) if stage.inputs else None
+        fp = fingerprint(name, stage_config, code_hash(stage), upstream, config.run.seed, inputs)
         fingerprints[name] = fp
         plan.stages.append(
             PlannedStage(

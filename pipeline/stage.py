@@ -117,6 +117,8 @@ class Stage:
     run:           ctx -> metrics (flat dict of numbers); writes files to ctx.output_dir
     code:          extra importable packages whose source is part of the fingerprint
                    (the stage's own package is always included)
+    inputs:        config -> {name: identity} of files the stage reads from outside the store (size and
+                   mtime, or a content hash), part of the fingerprint: an edited input is not served from cache
     commands:      extra CLI subcommands
     summary:       (config, pipeline config) -> one line for `z2h plan` (sizes, budgets)
     """
@@ -127,6 +129,7 @@ class Stage:
     needs: tuple[str, ...] = ()
     resources: Callable[[Any], Resources] = field(default=lambda cfg: Resources())
     code: tuple[str, ...] = ()
+    inputs: Callable[[Any], Mapping[str, str]] | None = None
     commands: Mapping[str, StageCommand] = field(default_factory=dict)
     description: str = ""
     summary: Callable[[Any, Any], str] | None = None

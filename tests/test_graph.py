@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from pipeline import config as config_io
@@ -60,6 +62,17 @@ def test_source_code_is_part_of_the_fingerprint(toy_registry, toy_config, monkey
     monkeypatch.setattr(graph, "code_hash", lambda stage: real(stage) + ("!" if stage.name == "words" else ""))
     edited = fingerprints(plan_for(toy_registry, toy_config))
     assert all(edited[name] != base[name] for name in base)
+
+
+def test_declared_input_files_are_part_of_the_fingerprint(toy_registry, toy_config):
+    base = fingerprints(plan_for(toy_registry, toy_config))
+    identity = {"words:corpus.txt": "sha256:aa"}
+    reader = dataclasses.replace(toy_registry["words"], inputs=lambda cfg: identity)
+    registry = {**toy_registry, "words": reader}
+    first = fingerprints(plan_for(registry, toy_config))
+    identity["words:corpus.txt"] = "sha256:bb"  # the file was edited
+    edited = fingerprints(plan_for(registry, toy_config))
+    assert all(first[name] != base[name] != edited[name] != first[name] for name in base)
 
 
 def statuses(plan) -> dict[str, str]:

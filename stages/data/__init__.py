@@ -12,6 +12,7 @@ from pathlib import Path
 from pipeline.stage import Resources, Stage, StageCommand
 from stages.data.config import DataConfig, SamplesConfig
 from stages.data.run import run
+from stages.data.sources import input_identities
 
 
 def resources(cfg: DataConfig) -> Resources:
@@ -49,6 +50,7 @@ stage = Stage(
     run=run,
     needs=(),
     resources=resources,
+    inputs=input_identities,
     commands={
         "samples": StageCommand(
             help="build (or find cached) the offline sample corpus: real text packed into WARC files",

@@ -43,6 +43,12 @@ class SourceConfig(_Section):
     id_key: str = "id"
     url_key: str = "url"
     limit: int | None = Field(None, ge=1, description="hf: read at most this many rows")
+    allow_partial: bool = Field(
+        False,
+        description="go on without files that cannot be read, whole or past some point (named in stats.json, "
+        "counted in MLflow); by default the stage fails naming them. The sample corpus always goes on: it plants "
+        "damaged files on purpose",
+    )
 
     @model_validator(mode="after")
     def _needs_input(self) -> SourceConfig:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any
 
 from datatrove.data import Document
@@ -32,6 +33,7 @@ class Tally:
     events: Counter = field(default_factory=Counter)  # not removals: capped pages, charset fallbacks
     languages: Counter = field(default_factory=Counter)
     samples: dict[str, list[dict]] = field(default_factory=dict)
+    failed_files: dict[str, str] = field(default_factory=dict)  # input path -> "<reason>: <error>"
 
     def block(self, name: str) -> str:
         if name not in self.blocks:
@@ -49,6 +51,12 @@ class Tally:
         if len(kept) < self.sample_cap:
             text = record.get("text") or ""
             kept.append({**record, "reason": key, "text": text[:SAMPLE_CHARS]})
+
+    def fail_file(self, block: str, reason: str, path: str, error: str) -> None:
+        """An input file that could not be read, whole or past some point: one removal, and the file named."""
+        self.count(f"{block}.in", 0)
+        self.remove(block, reason, {"file": PurePosixPath(path).name, "text": error})
+        self.failed_files[path] = f"{reason}: {error}"
 
     def remove_doc(self, block: str, reason: str, doc: Document) -> None:
         meta = {k: v for k, v in doc.metadata.items() if k != "filter_reason"}
@@ -69,6 +77,7 @@ class Tally:
             "removed": dict(self.removed),
             "events": dict(self.events),
             "languages": dict(self.languages),
+            "failed_files": dict(self.failed_files),
         }
 
 

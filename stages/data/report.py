@@ -90,6 +90,5 @@ def unreadable_part(problems: list, cap: int) -> dict[str, Any]:
     tally = Tally(sample_cap=cap)
     tally.block(BLOCK)
     for problem in problems:
-        tally.count(f"{BLOCK}.in", 0)
-        tally.remove(BLOCK, "unreadable_path", {"url": problem.path, "source": problem.source, "text": problem.error})
+        tally.fail_file(BLOCK, "unreadable_path", problem.path, problem.error)
     return {"tally": tally.to_dict(), "samples": tally.samples}

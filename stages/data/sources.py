@@ -1,9 +1,12 @@
-"""Expands configured sources into files and splits them into per-task shards."""
+"""Expands configured sources into files, splits them into per-task shards, and names the local
+input files for the fingerprint."""
 
 from __future__ import annotations
 
 import glob as globlib
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import fsspec
 
@@ -19,11 +22,20 @@ EXTENSIONS = {
 }
 
 
+# Local files up to this size are identified by content, larger ones by size and modification time.
+HASHED_BYTES = 1 << 20
+LOCAL_PROTOCOLS = ("file", "local")
+
+
 @dataclass(frozen=True)
 class Unreadable:
     source: str
     path: str
     error: str
+
+
+class UnreadableInput(RuntimeError):
+    """Input files that could not be read, of a source that does not allow partial input."""
 
 
 def expand(source: SourceConfig) -> tuple[list[str], list[Unreadable]]:
@@ -72,3 +84,53 @@ def plan_shards(cfg: DataConfig, resolved: list[SourceConfig]) -> tuple[list[Sha
             chunk = tuple(files[part::n])
             shards.append(Shard(rank=rank, source=source, files=chunk, part=part, parts=n))
     return shards, problems
+
+
+def refuse_unreadable(failed: dict[str, dict[str, str]], sources: dict[str, SourceConfig], shown: int = 20) -> None:
+    """Fails naming the files (source -> {path: why}) of every source without `allow_partial`."""
+    refused = {name: files for name, files in failed.items() if files and not sources[name].allow_partial}
+    if not refused:
+        return
+    listed = [f"{path} ({why})" for name in sorted(refused) for path, why in sorted(refused[name].items())]
+    more = f"; and {len(listed) - shown} more" if len(listed) > shown else ""
+    raise UnreadableInput(
+        f"source {', '.join(sorted(refused))}: {len(listed)} input file(s) could not be read, whole or in part: "
+        f"{'; '.join(listed[:shown])}{more}. Fix or remove them, or set `allow_partial: true` on the source to go "
+        "on without them (they are then named in stats.json)"
+    )
+
+
+def _local(pattern: str) -> bool:
+    return fsspec.core.split_protocol(pattern)[0] in (None, *LOCAL_PROTOCOLS)
+
+
+def _identity(path: str) -> str:
+    local = Path(fsspec.core.strip_protocol(path))
+    info = local.stat()
+    if info.st_size <= HASHED_BYTES:
+        return "sha256:" + hashlib.sha256(local.read_bytes()).hexdigest()
+    return f"size:{info.st_size},mtime_ns:{info.st_mtime_ns}"
+
+
+def input_identities(cfg: DataConfig) -> dict[str, str]:
+    """`<source>:<file>` -> identity of every local input file, for the stage's fingerprint: an edited
+    input is read again instead of served from the cache. Remote files (s3://, hf://, Hub datasets)
+    are not listed; the sample corpus is built from pinned archives, the config and the seed."""
+    identities: dict[str, str] = {}
+    for source in cfg.sources:
+        if source.kind == "samples":
+            continue
+        if source.kind == "hf":
+            folder = Path(source.dataset or "")
+            files = [str(p) for p in sorted(folder.rglob("*")) if p.is_file()] if folder.is_dir() else []
+            problems: list[Unreadable] = []
+        else:
+            files, problems = expand(source.model_copy(update={"paths": [p for p in source.paths if _local(p)]}))
+        for path in files:
+            try:
+                identities[f"{source.name}:{path}"] = _identity(path)
+            except OSError as exc:  # the stage reports it when it reads the file
+                identities[f"{source.name}:{path}"] = f"unreadable:{type(exc).__name__}"
+        for problem in problems:
+            identities[f"{source.name}:{problem.path}"] = f"unreadable:{problem.error}"
+    return identities

@@ -5,6 +5,8 @@ marker (its tally, as JSON) last, via an atomic rename. A rerun skips tasks with
 marker and overwrites whatever a killed task left behind, so output is never duplicated.
 
   1. filter   per input shard: read → FineWeb filters → filtered shard + MinHash signatures
+              (a shard with input files that failed gets no marker unless its source allows partial
+              input: the stage fails on it, and a rerun reads the files again)
   2. buckets  per MinHash bucket: find duplicate pairs (datatrove MinHash stage 2)
   3. cluster  once: exact-duplicate pairs + union-find over all pairs (datatrove stage 3)
   4. final    per shard: drop all but one document per cluster → output shard
@@ -90,6 +92,8 @@ def filter_shard(shard: Shard, cfg: DataConfig, scratch: Path, world: int, packa
                 if problem in step.stats.stats:
                     tally.removed[f"{name}.{problem}"] += int(step.stats.stats[problem].total)
             tally.reconcile(name, "no_text")
+    if tally.failed_files and not shard.source.allow_partial:
+        return _result(tally)
     return _commit(marker, _result(tally))
 
 
