@@ -6,6 +6,7 @@ The micro benchmark uses a randomly initialised model (speed does not depend on 
 whatever device torch sees. Prints a JSON line last.
 
     python bench/eval.py [--batch-sizes 1 8 32] [--stage --workdir .z2h --items 100 --workers 2]
+    python bench/eval.py --batch-sizes 2 --pairs 8 --new-tokens 8 --repeats 1   # smallest (CI smoke test)
 """
 
 from __future__ import annotations
@@ -23,10 +24,9 @@ from stages.common.model import GPTConfig, build
 from stages.eval.score import continuation_logprobs
 
 TINY = GPTConfig(vocab_size=4096, seq_len=256, n_layer=4, n_head=4, d_model=128)
-GREEDY = Sampling(max_new_tokens=64)
 
 
-def _timed(fn, repeats: int = 3) -> float:
+def _timed(fn, repeats: int) -> float:
     fn()  # warm-up: kernels chosen, caches filled
     best = float("inf")
     for _ in range(repeats):
@@ -42,19 +42,22 @@ def _tokens(rng: torch.Generator, count: int) -> list[int]:
     return torch.randint(0, 4000, (count,), generator=rng).tolist()
 
 
-def micro(batch_sizes: list[int], device: str) -> dict[str, float]:
+def micro(args: argparse.Namespace, device: str) -> dict[str, float]:
     model = build(TINY, seed=0, device=device).eval()
     rng = torch.Generator().manual_seed(0)
+    greedy = Sampling(max_new_tokens=args.new_tokens)
     results: dict[str, float] = {}
-    for batch in batch_sizes:
-        # Multiple choice: 64 pairs of a 96-token question and a 12-token option.
-        pairs = [(_tokens(rng, 96), _tokens(rng, 12)) for _ in range(64)]
-        seconds = _timed(lambda pairs=pairs, batch=batch: continuation_logprobs(model, pairs, batch))
-        results[f"score_tokens_per_s_b{batch}"] = 64 * 108 / seconds
-        # Greedy answers: `batch` 48-token prompts, 64 new tokens each (no stop token is ever hit).
+    for batch in args.batch_sizes:
+        # Multiple choice: pairs of a 96-token question and a 12-token option.
+        pairs = [(_tokens(rng, 96), _tokens(rng, 12)) for _ in range(args.pairs)]
+        seconds = _timed(lambda pairs=pairs, batch=batch: continuation_logprobs(model, pairs, batch), args.repeats)
+        results[f"score_tokens_per_s_b{batch}"] = args.pairs * 108 / seconds
+        # Greedy answers: `batch` 48-token prompts (no stop token is ever hit).
         prompts = [_tokens(rng, 48) for _ in range(batch)]
-        seconds = _timed(lambda prompts=prompts, batch=batch: generate(model, prompts, GREEDY, 4095, batch_size=batch))
-        results[f"greedy_tokens_per_s_b{batch}"] = batch * 64 / seconds
+        seconds = _timed(
+            lambda prompts=prompts, batch=batch: generate(model, prompts, greedy, 4095, batch_size=batch), args.repeats
+        )
+        results[f"greedy_tokens_per_s_b{batch}"] = batch * args.new_tokens / seconds
     return results
 
 
@@ -65,7 +68,7 @@ def stage(workdir: Path, items: int, workers: int) -> dict[str, float]:
     from pipeline.local import local_context
     from stages.eval import stage as eval_stage
     from stages.eval.config import CHOICE_SETS, EvalConfig
-    from stages.eval.locate import store_models
+    from use.locate import store_models
 
     store = workdir / "store"
     newest = {}
@@ -97,13 +100,16 @@ def stage(workdir: Path, items: int, workers: int) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--pairs", type=int, default=64, help="question/option pairs scored per batch size")
+    parser.add_argument("--new-tokens", type=int, default=64, help="greedy tokens per answer")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls after a warm-up; the best counts")
     parser.add_argument("--stage", action="store_true", help="also time the eval stage on the store's models")
     parser.add_argument("--workdir", type=Path, default=Path(".z2h"))
     parser.add_argument("--items", type=int, default=100, help="items per choice set and task (--stage)")
     parser.add_argument("--workers", type=int, default=2, help="eval tasks per model (--stage)")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    result = {"device": device, "threads": torch.get_num_threads()} | micro(args.batch_sizes, device)
+    result = {"device": device, "threads": torch.get_num_threads()} | micro(args, device)
     if args.stage:
         result |= stage(args.workdir, args.items, args.workers)
     print(json.dumps(result))

@@ -1,11 +1,9 @@
 """Eval stage: every model the run produced (base, SFT, RL), measured with the same settings, in one
-table; plus `z2h chat` and `z2h sample` to talk to any of them."""
+table. Talking to the models (`z2h chat`, `z2h sample`) lives outside the DAG, in `use/`."""
 
 from __future__ import annotations
 
-import argparse
-
-from pipeline.stage import Resources, Stage, StageCommand
+from pipeline.stage import Resources, Stage
 from stages.eval.config import EvalConfig
 from stages.eval.run import run
 
@@ -21,48 +19,12 @@ def summary(cfg: EvalConfig, _pipeline) -> str:
     return f"models {'/'.join(cfg.models)}; bpb {cfg.bpb_windows} windows; choice: {choice}; tasks: {tasks}"
 
 
-def _configure_chat(parser: argparse.ArgumentParser) -> None:
-    from stages.eval.chat import add_model_args
-
-    add_model_args(parser)
-
-
-def _run_chat(args: argparse.Namespace) -> int:
-    from stages.eval.chat import run_chat
-
-    return run_chat(args)
-
-
-def _configure_sample(parser: argparse.ArgumentParser) -> None:
-    from stages.eval.chat import add_sample_args
-
-    add_sample_args(parser)
-
-
-def _run_sample(args: argparse.Namespace) -> int:
-    from stages.eval.chat import run_sample
-
-    return run_sample(args)
-
-
 stage = Stage(
     name="eval",
     config_model=EvalConfig,
     run=run,
     needs=("tokenizer", "pretrain", "sft", "rl"),
     resources=resources,
-    commands={
-        "chat": StageCommand(
-            help="chat in the terminal with the latest model (or a run id / model folder); streams tokens",
-            configure=_configure_chat,
-            run=_run_chat,
-        ),
-        "sample": StageCommand(
-            help="one-shot completions from any stage's model (base: plain text; sft/rl: chat template)",
-            configure=_configure_sample,
-            run=_run_sample,
-        ),
-    },
     description="bits per byte, multiple choice by likelihood, task accuracy and chat format for base/SFT/RL",
     summary=summary,
 )

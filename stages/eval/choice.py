@@ -22,11 +22,11 @@ import random
 import re
 import zipfile
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stages.common.chat import render_prompt
+from stages.common.prompts import TooLong, chat_prompt, fit_text, text_prompt
 from stages.common.tokenizer import Tokenizer
 
 FILES = {
@@ -142,42 +142,12 @@ def select(items: Sequence[ChoiceItem], count: int, seed: int, name: str) -> lis
     return [items[i] for i in sorted(order[:count])]
 
 
-class TooLong(ValueError):
-    """The item cannot fit the model's context even with its question cut down."""
-
-
 @dataclass(frozen=True)
 class Encoded:
     context: list[int]
     options: list[list[int]]
     option_bytes: list[int]
     cut: bool  # the question was shortened (from its start) to fit the context
-
-
-def fit_text(make: Callable[[str], list[int]], body: str, tokenizer: Tokenizer, room: int) -> tuple[list[int], bool]:
-    """`make(text)` ids with `body` cut from its start until they fit in `room` tokens; whether it was cut."""
-    ids = make(body)
-    if len(ids) <= room:
-        return ids, False
-    tokens = tokenizer.encode(body)
-    overhead = len(ids) - len(tokens)
-    keep = room - overhead
-    while keep > 0:
-        ids = make(tokenizer.decode(tokens[len(tokens) - keep :]))
-        if len(ids) <= room:
-            return ids, True
-        keep -= max(1, len(ids) - room)  # re-encoding the cut text can merge differently: trim more
-    raise TooLong(f"{room} tokens leave no room for the question")
-
-
-def chat_prompt(tokenizer: Tokenizer) -> Callable[[str], list[int]]:
-    """text -> the chat template's prompt for one user turn, ready for the assistant's reply."""
-    return lambda text: render_prompt(tokenizer, [{"role": "user", "content": text}])
-
-
-def text_prompt(tokenizer: Tokenizer) -> Callable[[str], list[int]]:
-    """text -> `<|bos|>` + its tokens: a plain document opening for the base model."""
-    return lambda text: [tokenizer.bos_id, *tokenizer.encode(text)]
 
 
 def encode(item: ChoiceItem, tokenizer: Tokenizer, chat: bool, seq_len: int) -> Encoded:

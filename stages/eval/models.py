@@ -1,30 +1,17 @@
-"""Which models a run produced, which tokenizer each was trained with, and the refusal when a model
-and a tokenizer do not belong together.
-
-A model folder (`config.json` + `model.safetensors`) does not name its tokenizer; the store does:
-an entry's manifest lists its upstream fingerprints, and walking them from a model's entry reaches
-the tokenizer entry it was trained with (`sft -> tokenizer`, `rl -> sft -> ... -> tokenizer`). A
-tokenizer folder saved next to the model (`<model>/tokenizer` or `<entry>/tokenizer`) wins when
-present. The tokenizer's fingerprint is its digest (ranks, split pattern and special tokens) and
-vocabulary size; two tokenizers with the same digest encode every text the same way.
-"""
+"""The models an eval run measures: the model stages among its upstream outputs, in the order the
+config lists them. Which tokenizer trained a model, and the refusal of one that does not fit, are
+`stages.common.model_folder`'s (`z2h chat` and the other model commands use them too)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from stages.common.model import CONFIG_FILE, WEIGHTS_FILE, GPTConfig
-from stages.common.tokenizer import META_FILE, Tokenizer, load
+from stages.common.model import CONFIG_FILE, GPTConfig
+from stages.common.model_folder import is_model_folder, read_manifest
 
 COLUMNS = {"pretrain": "base", "sft": "sft", "rl": "rl"}  # table column per model stage
 CHAT_STAGES = ("sft", "rl")
-MANIFEST = "manifest.json"
-
-
-class TokenizerMismatch(ValueError):
-    """A model and a tokenizer that were not trained together."""
 
 
 @dataclass(frozen=True)
@@ -45,71 +32,11 @@ class ModelRef:
         return GPTConfig.from_json((self.folder / CONFIG_FILE).read_text())
 
 
-def is_model_folder(folder: Path) -> bool:
-    return (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()
-
-
-def fingerprint(tokenizer: Tokenizer) -> str:
-    return f"{tokenizer.digest()[:16]} (vocab {tokenizer.vocab_size})"
-
-
-def _manifest(entry: Path) -> dict:
-    try:
-        return json.loads((entry / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def recorded_tokenizer(folder: Path) -> Path | None:
-    """The tokenizer folder the model in `folder` was trained with, if anything records it."""
-    folder = Path(folder).absolute()
-    for candidate in (folder / "tokenizer", folder.parent / "tokenizer"):
-        if (candidate / META_FILE).is_file():
-            return candidate
-    entry = folder.parent
-    store = entry.parent.parent
-    todo, seen = [entry], set()
-    while todo:
-        current = todo.pop(0)
-        if current in seen:
-            continue
-        seen.add(current)
-        upstream = _manifest(current).get("upstream") or {}
-        if "tokenizer" in upstream:
-            found = store / "tokenizer" / upstream["tokenizer"] / "tokenizer"
-            return found if (found / META_FILE).is_file() else None
-        todo += [store / stage / fp for stage, fp in sorted(upstream.items())]
-    return None
-
-
-def check_tokenizer(folder: Path, tokenizer: Tokenizer, recorded: Path | None = None) -> None:
-    """Refuse (TokenizerMismatch, naming both fingerprints) a model trained with another tokenizer,
-    or one whose vocabulary does not fit the tokenizer's ids."""
-    folder = Path(folder)
-    recorded = recorded or recorded_tokenizer(folder)
-    vocab = GPTConfig.from_json((folder / CONFIG_FILE).read_text()).vocab_size
-    mine = fingerprint(tokenizer)
-    if recorded is not None:
-        theirs = load(recorded)
-        if theirs.digest() != tokenizer.digest():
-            raise TokenizerMismatch(
-                f"tokenizer mismatch: the model in {folder} was trained with tokenizer {fingerprint(theirs)} "
-                f"({recorded}), not {mine}"
-            )
-        if vocab < tokenizer.vocab_size:
-            raise TokenizerMismatch(f"the model in {folder} has {vocab} token ids; tokenizer {mine} needs more")
-    elif vocab != tokenizer.vocab_size:
-        raise TokenizerMismatch(
-            f"tokenizer mismatch: the model in {folder} has {vocab} token ids (no tokenizer recorded), "
-            f"tokenizer {mine} has {tokenizer.vocab_size}"
-        )
-
-
 def upstream_models(upstream: dict[str, Path], stages: list[str]) -> list[ModelRef]:
     """The models among a stage's upstream outputs, in `stages` order; missing ones are skipped."""
     found = []
     for stage in stages:
         entry = upstream.get(stage)
         if entry is not None and is_model_folder(Path(entry) / "model"):
-            found.append(ModelRef(stage, Path(entry) / "model", _manifest(Path(entry)).get("fingerprint", "")))
+            found.append(ModelRef(stage, Path(entry) / "model", read_manifest(Path(entry)).get("fingerprint", "")))
     return found

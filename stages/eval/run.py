@@ -29,12 +29,14 @@ from pipeline.stage import StageContext
 from stages.common import packages
 from stages.common.chat import ASSISTANT_END, render_prompt
 from stages.common.generate import ends_turn
+from stages.common.model_folder import check_tokenizer
+from stages.common.prompts import TooLong, chat_prompt, fit_text
 from stages.common.shards import Split
 from stages.common.tasks import mean_and_se, paired_difference
 from stages.common.tokenizer import Tokenizer, load
-from stages.eval import choice, tasks
+from stages.eval import choice, task_set
 from stages.eval.config import EvalConfig
-from stages.eval.models import ModelRef, check_tokenizer, upstream_models
+from stages.eval.models import ModelRef, upstream_models
 from stages.eval.table import Row, as_json, flat_metrics, markdown, mlflow_columns
 from stages.eval.work import Unit, execute, units
 
@@ -59,7 +61,7 @@ class Material:
     openings: list[list[int]]
     choice_items: dict[str, list[choice.ChoiceItem]]
     choice_stats: dict[str, dict[str, Any]]
-    tasks: tasks.TaskSet
+    tasks: task_set.TaskSet
     open_items: list[choice.ChoiceItem]
 
 
@@ -132,8 +134,8 @@ def material(ctx: StageContext, tokenizer: Tokenizer, seq_len: int, chat: bool) 
         pools = [choice.select(loaded[name].items, cfg.adherence_prompts, ctx.seed + 1, name) for name in OPEN_SETS]
         open_items = [pool[i] for i in range(cfg.adherence_prompts) for pool in pools if i < len(pool)]
         open_items = open_items[: cfg.adherence_prompts]
-    task_set = tasks.load(cfg.tasks if chat else {}, ctx.seed, ctx.workdir)
-    return Material(windows, window_bytes, openings, choice_items, choice_stats, task_set, open_items)
+    problems = task_set.load(cfg.tasks if chat else {}, ctx.seed, ctx.workdir)
+    return Material(windows, window_bytes, openings, choice_items, choice_stats, problems, open_items)
 
 
 # -- per-model work --------------------------------------------------------------------------------
@@ -151,7 +153,7 @@ def prepare(model: ModelRef, stuff: Material, tokenizer: Tokenizer, cfg: EvalCon
         for item in items:
             try:
                 encoded = choice.encode(item, tokenizer, model.chat, seq_len)
-            except choice.TooLong:
+            except TooLong:
                 job.too_long[name] += 1
                 continue
             job.choice[name].append((item, encoded))
@@ -170,8 +172,8 @@ def prepare(model: ModelRef, stuff: Material, tokenizer: Tokenizer, cfg: EvalCon
                 prompts.append(ids)
         for item in stuff.open_items:
             try:
-                ids, _ = choice.fit_text(choice.chat_prompt(tokenizer), item.listed(), tokenizer, room)
-            except choice.TooLong:
+                ids, _ = fit_text(chat_prompt(tokenizer), item.listed(), tokenizer, room)
+            except TooLong:
                 job.too_long["open"] += 1
                 continue
             job.generated.append(("open", item))

@@ -1,6 +1,6 @@
 """`z2h chat` and `z2h sample` on a tiny store: a real session through a pseudo-terminal, one-shot
-completions, and the one-line refusals (unknown run id, a folder without a model, a tokenizer that
-does not belong to the model)."""
+completions, the run named by a config or by --workdir, and the one-line refusals (unknown run id,
+a folder without a model, a tokenizer that does not belong to the model, bad sampling knobs)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,11 @@ import pytest
 from eval_tiny import write_store
 
 from pipeline import cli
+from stages.common.model_folder import fingerprint
 from stages.common.tokenizer import Tokenizer
-from stages.eval.chat import Conversation, Loaded, TextStream, chat_loop
-from stages.eval.models import fingerprint
+from use.chat import Conversation, chat_loop
+from use.decode import TextStream
+from use.loading import Loaded
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +160,20 @@ def test_sample_gives_reproducible_one_shot_completions(workdir, capsys):
     assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == first
     assert cli.main(["sample", "sft", "--workdir", str(workdir), "-p", "Hi", "--max-new-tokens", "4"]) == 0
     assert capsys.readouterr().out.startswith("you> Hi\nmodel> ")  # a chat model gets the chat template
+
+
+def test_a_config_names_the_run_like_for_every_other_command(workdir, capsys, tmp_path, monkeypatch):
+    config = tmp_path / "elsewhere.yaml"
+    config.write_text(f"run:\n  workdir: {workdir}\nstages:\n  nosuch: {{}}\n")  # stage sections are not read
+    monkeypatch.chdir(tmp_path)  # the default work dir (.z2h here) holds nothing
+    argv = ["sample", "base", "-p", "Once", "--max-new-tokens", "3", "--json"]
+    assert cli.main([*argv, "-c", str(config)]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["model"].startswith("pretrain/pre0")
+    assert cli.main([*argv, "--set", f"run.workdir={workdir}"]) == 0
+    assert cli.main(argv) == 2
+    assert "no pretrain model in the store" in capsys.readouterr().err
+    assert cli.main([*argv, "--workdir", str(workdir), "--temperature", "-1"]) == 2
+    assert "--temperature and --top-k must be >= 0" in capsys.readouterr().err
 
 
 def test_unknown_targets_get_one_line_that_lists_what_exists(workdir, capsys, tmp_path):

@@ -1,4 +1,4 @@
-"""Finds the model `z2h chat` / `z2h sample` talks to, and the tokenizer that goes with it.
+"""TARGET -> the model folder a model command (`z2h chat`, `z2h sample`) uses, and its tokenizer.
 
 A target is one of:
   (nothing)            the latest model in the store: rl, else sft, else pretrain (newest entry)
@@ -7,7 +7,9 @@ A target is one of:
   PATH                 a model folder (config.json + model.safetensors) or a store entry holding model/
   RUN_ID               an MLflow run: a pipeline run (its latest model stage) or a model stage's run;
                        read from the store, or downloaded from MLflow when the store lost it
-Anything else is a one-line error that lists what exists.
+Anything else is a one-line error that lists what exists. Where to look is a run's `Place`: its
+store, its MLflow tracking store and a cache for models fetched back from MLflow. A store on a URI
+(`s3://...`) is not listed: name a run id there (its model is fetched from MLflow) or a folder.
 """
 
 from __future__ import annotations
@@ -19,11 +21,30 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import UsageError
+from pipeline.store import is_uri
+from stages.common.model_folder import MANIFEST, is_model_folder, read_manifest, recorded_tokenizer
 from stages.common.tokenizer import META_FILE
-from stages.eval.models import COLUMNS, MANIFEST, is_model_folder, recorded_tokenizer
 
 MODEL_STAGES = ("rl", "sft", "pretrain")  # preference order for "the latest model"
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a run keeps its models."""
+
+    store: Path | None  # the local store folder; None when the store is on a URI
+    tracking_uri: str | None  # None: no MLflow to ask
+    cache: Path  # models fetched back from MLflow land here
+    store_uri: str = ""  # the store as the config names it, for messages
+
+    @classmethod
+    def of(cls, run) -> Place:
+        """The place a `RunConfig` names (work dir, `run.store`, the tracking rule)."""
+        workdir = Path(run.workdir)
+        local = run.store is None or not is_uri(run.store)
+        store = (Path(run.store) if run.store else workdir / "store") if local else None
+        return cls(store, run.tracking, workdir / "cache" / "models", run.store or str(store))
 
 
 @dataclass(frozen=True)
@@ -42,10 +63,10 @@ class Entry:
     created: float
 
 
-def store_models(store: Path) -> list[Entry]:
-    """Committed model entries, newest first."""
+def store_models(store: Path | None) -> list[Entry]:
+    """Committed model entries of a local store, newest first."""
     found = []
-    for stage in MODEL_STAGES:
+    for stage in MODEL_STAGES if store is not None else ():
         for manifest in sorted((store / stage).glob(f"*/{MANIFEST}")):
             entry = manifest.parent
             if entry.name.startswith(".") or not is_model_folder(entry / "model"):
@@ -63,13 +84,16 @@ def _from_entry(entry: Entry) -> Found:
     return Found(folder, recorded_tokenizer(folder), entry.stage, f"{entry.stage}/{entry.fingerprint}")
 
 
-def _what_exists(store: Path, tracking_uri: str | None) -> str:
-    entries = store_models(store)
-    shown = ", ".join(
-        f"{e.stage}/{e.fingerprint} ({time.strftime('%Y-%m-%d %H:%M', time.localtime(e.created))})" for e in entries[:6]
-    )
-    parts = [f"models in {store}: {shown or 'none'}"]
-    runs = _recent_pipeline_runs(tracking_uri)
+def _what_exists(place: Place) -> str:
+    if place.store is None:
+        parts = [f"run.store {place.store_uri} is not a local folder, so only run ids and model folders are looked up"]
+    else:
+        shown = ", ".join(
+            f"{e.stage}/{e.fingerprint} ({time.strftime('%Y-%m-%d %H:%M', time.localtime(e.created))})"
+            for e in store_models(place.store)[:6]
+        )
+        parts = [f"models in {place.store}: {shown or 'none'}"]
+    runs = _recent_pipeline_runs(place.tracking_uri)
     if runs:
         parts.append("pipeline runs in MLflow: " + ", ".join(runs))
     return "; ".join(parts)
@@ -103,22 +127,17 @@ def _recent_pipeline_runs(uri: str | None, limit: int = 5) -> list[str]:
     return [f"{r.info.run_id} ({r.info.run_name})" for r in runs]
 
 
-def _from_path(path: Path, store: Path, uri: str | None) -> Found:
+def _from_path(path: Path, place: Place) -> Found:
     for folder in (path, path / "model"):
         if is_model_folder(folder):
-            stage = None
-            manifest = folder.parent / MANIFEST
-            if manifest.is_file():
-                try:
-                    stage = json.loads(manifest.read_text()).get("stage")
-                except ValueError:
-                    stage = None
+            stage = read_manifest(folder.parent).get("stage")
             return Found(folder.absolute(), recorded_tokenizer(folder), stage, str(folder))
-    raise UsageError(f"{path} holds no model (config.json + model.safetensors); {_what_exists(store, uri)}")
+    raise UsageError(f"{path} holds no model (config.json + model.safetensors); {_what_exists(place)}")
 
 
-def _from_run(run_id: str, store: Path, uri: str | None, cache: Path) -> Found | None:
+def _from_run(run_id: str, place: Place) -> Found | None:
     """The model a run id names, or None when no MLflow run has that id."""
+    uri = place.tracking_uri
     if not uri or _sqlite_missing(uri):
         return None
     client = _client(uri)
@@ -134,21 +153,22 @@ def _from_run(run_id: str, store: Path, uri: str | None, cache: Path) -> Found |
         by_stage = {c.data.tags.get("z2h.stage"): c for c in children if c.info.status == "FINISHED"}
         for stage in MODEL_STAGES:
             if stage in by_stage:
-                return _from_stage_run(by_stage[stage], store, client, cache)
+                return _from_stage_run(by_stage[stage], place, client)
         stages = ", ".join(sorted(s for s in by_stage if s)) or "none"
         raise UsageError(f"pipeline run {run_id} made no model (finished stages: {stages})")
-    return _from_stage_run(run, store, client, cache)
+    return _from_stage_run(run, place, client)
 
 
-def _from_stage_run(run, store: Path, client, cache: Path) -> Found:
+def _from_stage_run(run, place: Place, client) -> Found:
     tags = run.data.tags
     stage, fingerprint = tags.get("z2h.stage"), tags.get("z2h.fingerprint")
-    if stage not in COLUMNS:
+    if stage not in MODEL_STAGES:
         raise UsageError(f"run {run.info.run_id} is the {stage or 'unknown'} stage's; it has no model")
-    entry = store / stage / str(fingerprint)
+    store = place.store
+    entry = store / stage / str(fingerprint) if store else None
     tokenizer_fp = tags.get("z2h.upstream.tokenizer")
-    tokenizer = store / "tokenizer" / tokenizer_fp / "tokenizer" if tokenizer_fp else None
-    if is_model_folder(entry / "model") and (entry / MANIFEST).is_file():
+    tokenizer = store / "tokenizer" / tokenizer_fp / "tokenizer" if store and tokenizer_fp else None
+    if entry is not None and is_model_folder(entry / "model") and (entry / MANIFEST).is_file():
         found = _from_entry(Entry(stage, entry.name, entry, 0.0))
         return Found(found.folder, found.tokenizer or tokenizer, stage, f"{stage}/{entry.name} (run {run.info.run_id})")
     # The store lost it: the producing run's LoggedModel holds the same files.
@@ -157,10 +177,11 @@ def _from_stage_run(run, store: Path, client, cache: Path) -> Found:
         [run.info.experiment_id], filter_string=f"source_run_id = '{producer}'", max_results=1
     )
     if not models:
-        raise UsageError(f"run {run.info.run_id} ({stage}): no store entry at {entry} and no logged model in MLflow")
+        where = f"no store entry at {entry}" if entry else f"run.store {place.store_uri} is not a local folder"
+        raise UsageError(f"run {run.info.run_id} ({stage}): {where} and no logged model in MLflow")
     from mlflow.artifacts import download_artifacts
 
-    target = cache / models[0].model_id
+    target = place.cache / models[0].model_id
     if not is_model_folder(target):
         target.mkdir(parents=True, exist_ok=True)
         download_artifacts(artifact_uri=models[0].artifact_location, dst_path=str(target))
@@ -171,20 +192,21 @@ def _from_stage_run(run, store: Path, client, cache: Path) -> Found:
     return Found(folder, tokenizer, stage, label)
 
 
-def resolve(target: str | None, workdir: Path, tracking_uri: str | None) -> Found:
-    store = Path(workdir) / "store"
-    entries = store_models(store)
+def resolve(target: str | None, place: Place) -> Found:
+    entries = store_models(place.store)
     if target is None:
         for stage in MODEL_STAGES:
             of_stage = [e for e in entries if e.stage == stage]
             if of_stage:
                 return _from_entry(of_stage[0])
-        raise UsageError(f"no model in {store} yet: run `z2h run configs/tiny.yaml` first")
+        if place.store is None:
+            raise UsageError(f"name a model: {_what_exists(place)}")
+        raise UsageError(f"no model in {place.store} yet: run `z2h run configs/tiny.yaml` first")
     stage = "pretrain" if target == "base" else target
     if stage in MODEL_STAGES:
         of_stage = [e for e in entries if e.stage == stage]
         if not of_stage:
-            raise UsageError(f"no {stage} model in the store; {_what_exists(store, tracking_uri)}")
+            raise UsageError(f"no {stage} model in the store; {_what_exists(place)}")
         return _from_entry(of_stage[0])
     prefix = target.partition("/")
     if prefix[1] and prefix[0] in MODEL_STAGES:
@@ -193,9 +215,9 @@ def resolve(target: str | None, workdir: Path, tracking_uri: str | None) -> Foun
             return _from_entry(matches[0])
     path = Path(target).expanduser()
     if path.exists():
-        return _from_path(path, store, tracking_uri)
+        return _from_path(path, place)
     if RUN_ID.match(target):
-        found = _from_run(target, store, tracking_uri, Path(workdir) / "cache" / "models")
+        found = _from_run(target, place)
         if found is not None:
             return found
-    raise UsageError(f"no run or model {target!r}; {_what_exists(store, tracking_uri)}")
+    raise UsageError(f"no run or model {target!r}; {_what_exists(place)}")

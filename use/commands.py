@@ -1,0 +1,117 @@
+"""`z2h chat` and `z2h sample`: their arguments and what they run.
+
+Importing this module costs only argparse, so the CLI can build its parser (and `z2h --help`)
+without torch; the model and its engine load when a command runs. Where the run lives (`-c CONFIG`,
+`--workdir`, `--tracking-uri`, `--set`) is the CLI's, shared with every command: the resolved
+`RunConfig` arrives as `args.run_config`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+from pipeline.errors import UsageError
+
+
+class ModelCommand(NamedTuple):
+    """A model command, the shape of a stage's `StageCommand`; declared here because that module brings
+    pydantic, which `z2h --help` does without."""
+
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def _model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "target",
+        nargs="?",
+        metavar="TARGET",
+        help="a stage name (pretrain or base, sft, rl), a store entry (sft/3fa2...), a model folder or an MLflow "
+        "run id (pipeline or stage run); default: the latest model in the store (rl, else sft, else pretrain)",
+    )
+    parser.add_argument(
+        "--tokenizer", type=Path, default=None, help="tokenizer folder (default: the one the model was trained with)"
+    )
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
+    parser.add_argument(
+        "--top-k", type=int, default=50, help="sample from the k likeliest tokens (default 50; 0 = all)"
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="longest reply in tokens (default 256)")
+    parser.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
+
+
+def _sample_args(parser: argparse.ArgumentParser) -> None:
+    _model_args(parser)
+    parser.set_defaults(max_new_tokens=64, seed=0)
+    parser.add_argument(
+        "-p", "--prompt", action="append", default=[], help="a prompt (repeatable); default: one per line of stdin"
+    )
+    parser.add_argument("-n", "--num-samples", type=int, default=1, help="completions per prompt (default 1)")
+    parser.add_argument(
+        "--format",
+        choices=("auto", "chat", "text"),
+        default="auto",
+        help="chat: the prompt is a user turn in the chat template; text: plain text to continue; "
+        "auto: chat for sft/rl models, text otherwise",
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per completion")
+
+
+def _sampling(args: argparse.Namespace):
+    from stages.common.generate import Sampling
+
+    if args.temperature < 0 or args.top_k < 0 or args.max_new_tokens < 1:
+        raise UsageError("--temperature and --top-k must be >= 0 and --max-new-tokens >= 1")
+    return Sampling(args.max_new_tokens, args.temperature, args.top_k or None)
+
+
+def _open_model(args: argparse.Namespace):
+    from use.loading import load_model
+    from use.locate import Place, resolve
+
+    return load_model(resolve(args.target, Place.of(args.run_config)), args.tokenizer)
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    from use.chat import chat_loop
+
+    sampling = _sampling(args)
+    loaded = _open_model(args)
+    with contextlib.suppress(ImportError):
+        import readline  # noqa: F401  (line editing and history for input())
+    return chat_loop(loaded, sampling, args.seed)
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    from use.sample import complete, write
+
+    prompts = args.prompt or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not prompts:
+        raise UsageError("no prompt: pass --prompt TEXT or write prompts to stdin, one per line")
+    if args.num_samples < 1:
+        raise UsageError("--num-samples must be >= 1")
+    sampling = _sampling(args)
+    loaded = _open_model(args)
+    chat = args.format == "chat" or (args.format == "auto" and loaded.chat)
+    write(complete(loaded, prompts, args.num_samples, chat, sampling, args.seed), loaded.label, chat, args.json)
+    return 0
+
+
+COMMANDS = {
+    "chat": ModelCommand(
+        help="chat in the terminal with the latest model (or a stage, run id or model folder); streams tokens",
+        configure=_model_args,
+        run=run_chat,
+    ),
+    "sample": ModelCommand(
+        help="one-shot completions from any model (base: plain text; sft/rl: chat template)",
+        configure=_sample_args,
+        run=run_sample,
+    ),
+}
