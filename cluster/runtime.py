@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from pipeline.errors import UsageError
+from pipeline.errors import EnvironmentProblem
 
 # Unix socket paths are capped at 107 bytes; Ray's session folder adds about 70.
 _MAX_TEMP_DIR = 36
@@ -67,10 +67,10 @@ def start(
                 logging_level=logging.WARNING,
             )
     except ConnectionError as exc:
-        raise UsageError(f"cannot connect to the Ray cluster at {target}: {exc}") from None
+        raise EnvironmentProblem(f"cannot connect to the Ray cluster at {target}: {exc}") from None
     except Exception as exc:  # raylet/GCS failed to come up: say so in one line
         where = target or f"embedded (session files in {ray_temp_dir(workdir)})"
-        raise UsageError(f"cannot start Ray ({where}): {str(exc).strip().splitlines()[0]}") from None
+        raise EnvironmentProblem(f"cannot start Ray ({where}): {str(exc).strip().splitlines()[0]}") from None
     url = context.dashboard_url
     return target, (url if url.startswith("http") else f"http://{url}") if url else None
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from pipeline.errors import UsageError
+from pipeline.errors import EnvironmentProblem
 
 
 @dataclass
@@ -49,7 +49,7 @@ def build_lock(path: Path, on_wait: Callable[[], None] | None = None) -> Iterato
                 waited = True
                 time.sleep(0.5)
             except OSError as exc:  # ENOLCK, EOPNOTSUPP: a filesystem without (working) flock
-                raise UsageError(
+                raise EnvironmentProblem(
                     f"cannot lock {path} ({exc.strerror}): the store needs a filesystem with flock "
                     "(local disk, NFSv4, Lustre mounted with -o flock)"
                 ) from None

@@ -1,48 +1,76 @@
-"""`z2h`: run pipelines, plan them, list runs, open the MLflow UI, plus stage commands.
+"""`z2h`: run pipelines, plan them, list runs, open the MLflow UI, show configs, use models, plus
+stage commands.
 
-Exit codes: 0 success, 1 a stage failed, 2 bad usage or config, 130 interrupted.
+Building the parser imports no stage: the model commands' arguments come from `use.commands`
+(argparse only) and stage commands are known by name from entry points (`pipeline.registry`), so
+`z2h --help` answers at once; a command imports what it needs when it runs. Exit codes:
+`pipeline.errors.EXIT_CODES`.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import traceback
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+from pipeline import registry
+from pipeline.errors import ENVIRONMENT, INTERNAL, UsageError, describe_exit_codes, exit_code
+from pipeline.redact import redact
+from use import commands as use_commands
 
-from pipeline import config as config_io
-from pipeline import graph, registry, reports
-from pipeline.errors import UsageError
-from pipeline.store import open_store
+if TYPE_CHECKING:
+    from rich.console import Console
 
-EPILOG = """examples:
+    from pipeline import config as config_io
+
+EPILOG = f"""examples:
   z2h run configs/tiny.yaml                       run the whole pipeline, reusing cached stages
   z2h run configs/tiny.yaml --until tokenizer     run tokenizer and everything it needs
   z2h run configs/tiny.yaml --stage tokenizer     rerun one stage from cached upstreams
   z2h run configs/tiny.yaml --force data --set stages.data.tasks=8
+  z2h run configs/tiny.yaml --set stages.eval=null   without a stage (stages.X: null removes X)
   z2h run configs/gpt-1b-multinode.yaml --address head:6379   on a running Ray cluster
   z2h plan configs/tiny.yaml                      show the DAG, fingerprints and cache status
   z2h runs configs/tiny.yaml                      recent pipeline runs from MLflow
   z2h ui configs/tiny.yaml                        MLflow UI on 127.0.0.1
+  z2h config --keys stages.pretrain               every key: type, default, description
   z2h chat                                        chat with the latest model (rl, else sft, else pretrain)
-  z2h sample base -p "The king"                   one-shot completions from a stage's model
+  z2h sample base -p "The king" -c configs/tiny.yaml   one-shot completions from a stage's model
+
+where a run lives: every command reads it from a config (CONFIG or -c FILE; none: the defaults,
+  work dir .z2h); --workdir DIR and --tracking-uri URI are short for --set run.workdir=DIR and
+  --set run.tracking_uri=URI.
+MLflow tracking, for every command: run.tracking_uri (config, --set, --tracking-uri), else
+  $MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db.
+
+exit codes:
+{describe_exit_codes()}
 """
 
 
-def _config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", nargs="?", help="pipeline YAML (e.g. configs/tiny.yaml)")
+def _version() -> str:
+    try:
+        return version("zero2hero")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def _where_args(parser: argparse.ArgumentParser, positional: bool) -> None:
+    """How every command names where a run lives: a config (files merged in order) plus overrides."""
+    if positional:
+        parser.add_argument("config", nargs="?", help="pipeline YAML (e.g. configs/tiny.yaml)")
     parser.add_argument(
         "-c",
+        "--config",
         "--config-file",
+        dest="config_file",
         action="append",
         default=[],
         metavar="FILE",
-        help="more YAML merged on top, in order (repeatable)",
+        help="pipeline YAML" + (", merged on top of CONFIG" if positional else "") + " (repeatable, in order)",
     )
     parser.add_argument(
         "--set",
@@ -50,8 +78,10 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         dest="overrides",
-        help="override one value, e.g. --set stages.pretrain.lr=3e-4 (repeatable; YAML values)",
+        help="override one value, e.g. --set stages.pretrain.lr=3e-4 (repeatable; YAML values; null removes)",
     )
+    parser.add_argument("--workdir", metavar="DIR", help="short for --set run.workdir=DIR")
+    parser.add_argument("--tracking-uri", metavar="URI", help="short for --set run.tracking_uri=URI")
 
 
 def _selection_args(parser: argparse.ArgumentParser) -> None:
@@ -76,73 +106,69 @@ def _selection_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser(stages: dict) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="z2h",
-        description="zero2hero: raw web crawl to chat model (data, tokenizer, pretrain, sft) on Ray, "
-        "tracked in MLflow.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+def _files(args: argparse.Namespace) -> list[str]:
+    return ([args.config] if getattr(args, "config", None) else []) + args.config_file
 
-    run = sub.add_parser("run", help="run the pipeline (cached stages are reused)")
-    _config_args(run)
-    _selection_args(run)
-    run.add_argument(
-        "--address",
-        metavar="HOST:PORT",
-        help="run on this Ray cluster (same as --set cluster.address=...; default: RAY_ADDRESS, else embedded Ray)",
-    )
 
-    plan = sub.add_parser("plan", help="print the DAG with fingerprints, cache status and resources; runs nothing")
-    _config_args(plan)
-    _selection_args(plan)
-    plan.add_argument("--verify", action="store_true", help="also check every stored file's sha256")
-
-    runs = sub.add_parser("runs", help="list recent pipeline runs and their stages from MLflow")
-    _config_args(runs)
-    runs.add_argument("-n", "--limit", type=int, default=10, help="how many runs (default 10)")
-
-    ui = sub.add_parser("ui", help="serve the MLflow UI for this work dir on 127.0.0.1")
-    _config_args(ui)
-    ui.add_argument("--port", type=int, default=5000)
-    ui.add_argument("--workers", type=int, default=1, help="server processes (default 1: one user, starts fastest)")
-
-    for stage in stages.values():
-        for name, command in stage.commands.items():
-            extra = sub.add_parser(name, help=command.help)
-            command.configure(extra)
-            extra.set_defaults(stage_command=command)
-    return parser
+def _overrides(args: argparse.Namespace) -> list[str]:
+    shortcuts = {"workdir": "run.workdir", "tracking_uri": "run.tracking_uri", "address": "cluster.address"}
+    given = [f"{key}={getattr(args, flag)}" for flag, key in shortcuts.items() if getattr(args, flag, None)]
+    return [*args.overrides, *given]
 
 
 def _load(args: argparse.Namespace, stages: dict) -> config_io.PipelineConfig:
-    files = ([args.config] if args.config else []) + args.config_file
-    address = getattr(args, "address", None)
-    overrides = [*args.overrides, *([f"cluster.address={address}"] if address else [])]
-    return config_io.load(files, overrides, stages)
+    """The whole config, every stage in it validated."""
+    from pipeline import config as config_io
+
+    files = _files(args)
+    if not files:
+        raise UsageError(f"z2h {args.command} needs a config, e.g. `z2h {args.command} configs/tiny.yaml`")
+    return config_io.load(files, _overrides(args), stages)
 
 
-def _selection(args: argparse.Namespace) -> graph.Selection:
-    return graph.Selection(
+def _run_config(args: argparse.Namespace) -> config_io.RunConfig:
+    """Only where the run lives (work dir, store, tracking): no stage is imported."""
+    from pipeline import config as config_io
+
+    return config_io.run_section(config_io.read_all(_files(args), _overrides(args)))
+
+
+def _plan(args: argparse.Namespace):
+    from pipeline import graph
+    from pipeline.store import open_store
+
+    stages = registry.stages()
+    config = _load(args, stages)
+    selection = graph.Selection(
         stages=tuple(args.stage),
         from_stage=args.from_stage,
         until_stage=args.until_stage,
         force=tuple(args.force),
         with_deps=args.with_deps,
     )
-
-
-def _plan(args: argparse.Namespace, stages: dict) -> graph.Plan:
-    config = _load(args, stages)
     store = open_store(config.run.store, config.run.workdir)
-    label = args.config or (args.config_file[0] if args.config_file else "CONFIG")
-    return graph.build_plan(config, stages, store, _selection(args), config_label=label)
+    return graph.build_plan(config, stages, store, selection, config_label=_files(args)[0])
 
 
-def cmd_plan(args: argparse.Namespace, stages: dict, console: Console) -> int:
-    plan = _plan(args, stages)
+def stdout_console() -> Console:
+    """Tables for stdout; when piped, wide enough that run ids and paths stay on one line."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
+def stderr_console() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def cmd_plan(args: argparse.Namespace, console: Console) -> int:
+    from rich.table import Table
+
+    from pipeline.store import open_store
+
+    plan = _plan(args)
     store = open_store(plan.config.run.store, plan.config.run.workdir)
     if args.verify:
         for item in plan.stages:
@@ -169,38 +195,29 @@ def cmd_plan(args: argparse.Namespace, stages: dict, console: Console) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace, stages: dict, console: Console) -> int:
-    from pipeline import runner
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from pipeline import reports, runner
 
-    plan = _plan(args, stages)
+    plan = _plan(args)
     result = runner.run(plan, command=["z2h", *args.argv], console=console)
     reports.print_summary(result, plan, console)
     return result.exit_code
 
 
-def stdout_console() -> Console:
-    """Tables for stdout; when piped, wide enough that run ids and paths stay on one line."""
-    return Console() if sys.stdout.isatty() else Console(width=160)
+def cmd_runs(args: argparse.Namespace, console: Console) -> int:
+    from pipeline import reports
 
-
-def _tracking_uri(args: argparse.Namespace, stages: dict) -> tuple[str, str | None]:
-    if args.config or args.config_file:
-        config = _load(args, stages)
-        return config.run.tracking, config.run.name
-    default = config_io.RunConfig()
-    return os.environ.get("MLFLOW_TRACKING_URI") or default.tracking, None
-
-
-def cmd_runs(args: argparse.Namespace, stages: dict, console: Console) -> int:
-    uri, name = _tracking_uri(args, stages)
-    reports.print_runs(uri, name, args.limit, stdout_console())
+    run = _run_config(args)
+    reports.print_runs(run.tracking, run.name if _files(args) else None, args.limit, stdout_console())
     return 0
 
 
-def cmd_ui(args: argparse.Namespace, stages: dict, console: Console) -> int:
-    uri, _ = _tracking_uri(args, stages)
+def cmd_ui(args: argparse.Namespace, console: Console) -> int:
+    import subprocess
+
+    uri = _run_config(args).tracking
     url = f"http://127.0.0.1:{args.port}"
-    console.print(f"MLflow UI for {uri} at {url}  (Ctrl-C stops it)")
+    console.print(f"MLflow UI for {redact(uri)} at {url}  (Ctrl-C stops it)")
     command = [
         sys.executable,
         "-m",
@@ -223,36 +240,165 @@ def cmd_ui(args: argparse.Namespace, stages: dict, console: Console) -> int:
         return 0
 
 
-COMMANDS = {"run": cmd_run, "plan": cmd_plan, "runs": cmd_runs, "ui": cmd_ui}
+def cmd_config(args: argparse.Namespace, console: Console) -> int:
+    if args.keys is None:
+        print(_load(args, registry.stages()).to_yaml(), end="")
+        return 0
+    if _files(args) or _overrides(args):
+        raise UsageError("z2h config --keys lists the keys every config may hold; it takes no config or --set")
+    from rich.markup import escape
+    from rich.table import Table
+
+    from pipeline import config as config_io
+    from pipeline.config_keys import keys
+
+    sections = [(config_io.RunConfig, "run"), (config_io.ClusterConfig, "cluster")]
+    sections += [(stage.config_model, f"stages.{name}") for name, stage in registry.stages().items()]
+    found = [key for model, prefix in sections for key in keys(model, prefix)]
+    if args.keys:
+        found = [key for key in found if key.path.startswith((args.keys, f"stages.{args.keys}"))]
+        if not found:
+            raise UsageError(f"--keys {args.keys}: no key starts with it (try run, cluster, stages.<stage>)")
+    table = Table(box=None, pad_edge=False)
+    for column in ("key", "type", "default", "description"):
+        table.add_column(column, overflow="fold")
+    for key in found:
+        note = " [dim](cosmetic: not in the fingerprint)[/]" if key.cosmetic else ""
+        table.add_row(key.path, escape(key.type), escape(key.default), escape(key.description) + note)
+    stdout_console().print(table)
+    return 0
+
+
+def _with_run_config(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace, Console], int]:
+    """A command that only reads a run's files: it gets `args.run_config` (where the run lives)."""
+
+    def handler(args: argparse.Namespace, console: Console) -> int:
+        args.run_config = _run_config(args)
+        return run(args)
+
+    return handler
+
+
+def _stage_command(ref: registry.CommandRef) -> Callable[[argparse.Namespace, Console], int]:
+    """A stage's command: it gets `args.run_config` and `args.stage_config` (its stage's section, defaults
+    without a config)."""
+
+    def handler(args: argparse.Namespace, console: Console) -> int:
+        from pipeline import config as config_io
+
+        stage, command = ref.load()
+        raw = config_io.read_all(_files(args), _overrides(args))
+        args.run_config, args.stage_config = config_io.run_section(raw), config_io.stage_section(raw, stage)
+        return command.run(args)
+
+    return handler
+
+
+def build_parser(commands: dict[str, registry.CommandRef], wanted: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; only the stage command `wanted` (the one on the command line) has its options."""
+    parser = argparse.ArgumentParser(
+        prog="z2h",
+        description="zero2hero: raw web crawl to chat model (data, tokenizer, pretrain, sft, rl, eval) on Ray, "
+        "tracked in MLflow.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"z2h {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the pipeline (cached stages are reused)")
+    _where_args(run, positional=True)
+    _selection_args(run)
+    run.add_argument(
+        "--address",
+        metavar="HOST:PORT",
+        help="run on this Ray cluster (short for --set cluster.address=...; default: RAY_ADDRESS, else embedded Ray)",
+    )
+    run.set_defaults(handler=cmd_run)
+
+    plan = sub.add_parser("plan", help="print the DAG with fingerprints, cache status and resources; runs nothing")
+    _where_args(plan, positional=True)
+    _selection_args(plan)
+    plan.add_argument("--verify", action="store_true", help="also check every stored file's sha256")
+    plan.set_defaults(handler=cmd_plan)
+
+    runs = sub.add_parser("runs", help="list recent pipeline runs and their stages from MLflow")
+    _where_args(runs, positional=True)
+    runs.add_argument("-n", "--limit", type=int, default=10, help="how many runs (default 10)")
+    runs.set_defaults(handler=cmd_runs)
+
+    ui = sub.add_parser("ui", help="serve the MLflow UI for this work dir on 127.0.0.1")
+    _where_args(ui, positional=True)
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--workers", type=int, default=1, help="server processes (default 1: one user, starts fastest)")
+    ui.set_defaults(handler=cmd_ui)
+
+    config = sub.add_parser("config", help="print a config as resolved (files merged, --set applied), or list keys")
+    _where_args(config, positional=True)
+    config.add_argument(
+        "--keys",
+        nargs="?",
+        const="",
+        metavar="PREFIX",
+        help="list every key a config may hold, with type, default and description (PREFIX: e.g. stages.sft)",
+    )
+    config.set_defaults(handler=cmd_config)
+
+    for name, command in use_commands.COMMANDS.items():
+        model = sub.add_parser(name, help=command.help)
+        command.configure(model)
+        _where_args(model, positional=False)
+        model.set_defaults(handler=_with_run_config(command.run))
+
+    for name, ref in commands.items():
+        if name in sub.choices:
+            raise UsageError(f"stage {ref.stage}'s command '{name}' clashes with z2h's own command of that name")
+        if name != wanted:  # listed by name; its stage is imported only when it runs
+            sub.add_parser(name, help=f"the {ref.stage} stage's command (z2h {name} --help shows its options)")
+            continue
+        _, command = ref.load()
+        extra = sub.add_parser(name, help=command.help)
+        command.configure(extra)
+        _where_args(extra, positional=False)
+        extra.set_defaults(handler=_stage_command(ref))
+    return parser
+
+
+def _command_name(argv: list[str]) -> str | None:
+    """The subcommand on the command line: the top level takes no option with a value, so it is the
+    first word that is not an option."""
+    return next((word for word in argv if not word.startswith("-")), None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    console = Console(stderr=True, highlight=False)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        stages = registry.stages()
-        parser = build_parser(stages)
-        argv = sys.argv[1:] if argv is None else list(argv)
+        parser = build_parser(registry.commands(), wanted=_command_name(argv))
         args = parser.parse_args(argv)
         args.argv = argv
         if args.command is None:
             parser.print_help()
             return 2
-        if getattr(args, "stage_command", None) is not None:
-            return args.stage_command.run(args)
-        if args.command in ("run", "plan") and not (args.config or args.config_file):
-            raise UsageError(f"z2h {args.command} needs a config, e.g. `z2h {args.command} configs/tiny.yaml`")
-        return COMMANDS[args.command](args, stages, console)
-    except UsageError as exc:
-        console.print(f"[red]z2h: error:[/] {escape(str(exc))}", soft_wrap=True)  # one line, never re-wrapped
-        return exc.exit_code
+        return args.handler(args, stderr_console())
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]")
-        return 130
-    except Exception as exc:  # an internal error: one line, the traceback on request
-        if os.environ.get("Z2H_DEBUG"):
-            traceback.print_exc()
-        console.print(f"[red]z2h: internal error:[/] {type(exc).__name__}: {exc}  (Z2H_DEBUG=1 shows the traceback)")
-        return 1
+        stderr_console().print("[yellow]interrupted[/]")
+        return exit_code(KeyboardInterrupt())
+    except Exception as exc:
+        from rich.markup import escape
+
+        console, code = stderr_console(), exit_code(exc)
+        if code == INTERNAL:  # a bug: one line, the traceback on request
+            if os.environ.get("Z2H_DEBUG"):
+                import traceback
+
+                traceback.print_exc()
+            message = f"[red]z2h: internal error:[/] {escape(f'{type(exc).__name__}: {exc}')}"
+            console.print(f"{message}  (Z2H_DEBUG=1 shows the traceback)", soft_wrap=True)
+        else:
+            label = "environment" if code == ENVIRONMENT else "error"
+            text = str(exc) if hasattr(exc, "exit_code") else f"{type(exc).__name__}: {exc}"
+            console.print(f"[red]z2h: {label}:[/] {escape(text)}", soft_wrap=True)  # one line, never re-wrapped
+        return code
 
 
 if __name__ == "__main__":

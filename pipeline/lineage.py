@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import UsageError
+from pipeline.errors import EnvironmentProblem
+from pipeline.redact import redact
 from pipeline.store import MANIFEST
 
 SOURCE_TAG = "z2h"
@@ -112,14 +113,14 @@ class Tracker:
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, v) for k, v in flatten(params).items()]
+        items = [Param(k, redact(v)) for k, v in flatten(params).items()]
         for start in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[start : start + 100])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.client.log_batch(self.run_id, tags=[RunTag(k, redact(str(v))) for k, v in tags.items()])
 
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
         path = Path(path)
@@ -148,7 +149,7 @@ class Tracker:
         for ref in refs:
             with warnings.catch_warnings():  # a local path matches two equivalent source kinds
                 warnings.simplefilter("ignore", UserWarning)
-                source = resolve_dataset_source(ref.source)
+                source = resolve_dataset_source(redact(ref.source))
             dataset = MetaDataset(source=source, name=ref.name, digest=ref.digest)
             inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(DATASET_CONTEXT, context)]))
         if inputs:
@@ -192,7 +193,7 @@ class Tracker:
 
 
 def check_tracking(uri: str) -> None:
-    """Fail fast (exit 2) when the tracking store cannot be reached."""
+    """Fail fast (exit 3) when the tracking store cannot be reached."""
     if uri.startswith(("http://", "https://")):
         import urllib.request
 
@@ -201,7 +202,7 @@ def check_tracking(uri: str) -> None:
                 response.read()
         except Exception as exc:
             hint = "start it or fix run.tracking_uri"
-            raise UsageError(f"tracking server {uri} is unreachable ({exc}); {hint}") from None
+            raise EnvironmentProblem(redact(f"tracking server {uri} is unreachable ({exc}); {hint}")) from None
     elif uri.startswith("sqlite:///"):
         folder = Path(uri.removeprefix("sqlite:///")).parent
         try:
@@ -209,7 +210,7 @@ def check_tracking(uri: str) -> None:
             with tempfile.NamedTemporaryFile(dir=folder):
                 pass
         except OSError as exc:
-            raise UsageError(f"tracking store {uri}: cannot write in {folder} ({exc.strerror})") from None
+            raise EnvironmentProblem(f"tracking store {uri}: cannot write in {folder} ({exc.strerror})") from None
 
 
 def experiment_id(uri: str, name: str, artifact_root: Path | None) -> str:

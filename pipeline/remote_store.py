@@ -26,12 +26,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import UsageError
+from pipeline.errors import EnvironmentProblem
+from pipeline.redact import redact
 from pipeline.store import MANIFEST, STAGING_PREFIX, Manifest, ManifestError, Store, sha256_file, write_durably
 
 
 def filesystem(uri: str):
-    """(fsspec filesystem, path inside it) for a URI, or a UsageError saying what is missing."""
+    """(fsspec filesystem, path inside it) for a URI, or an EnvironmentProblem saying what is missing."""
     from fsspec.core import url_to_fs
 
     scheme = uri.partition("://")[0]
@@ -40,7 +41,7 @@ def filesystem(uri: str):
     except (ImportError, ValueError) as exc:
         hint = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}.get(scheme)
         extra = f" (pip install {hint})" if hint else ""
-        raise UsageError(f"run.store {uri}: no filesystem for {scheme}://{extra}: {exc}") from None
+        raise EnvironmentProblem(redact(f"run.store {uri}: no filesystem for {scheme}://{extra}: {exc}")) from None
     if getattr(fs, "protocol", None) in ("file", ("file", "local")) or type(fs).__name__ == "LocalFileSystem":
         fs.auto_mkdir = True
     return fs, path.rstrip("/")
@@ -83,7 +84,8 @@ class RemoteStore(Store):
             self.fs.pipe_file(probe, b"ok")
             self.fs.rm_file(probe)
         except Exception as exc:
-            raise UsageError(f"run.store {self.uri}: cannot write there ({type(exc).__name__}: {exc})") from None
+            problem = f"{type(exc).__name__}: {exc}"
+            raise EnvironmentProblem(redact(f"run.store {self.uri}: cannot write there ({problem})")) from None
 
     # -- reading ------------------------------------------------------------------
     def _manifest_bytes(self, stage: str, fingerprint: str) -> bytes | None:

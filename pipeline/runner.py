@@ -18,7 +18,7 @@ from rich.console import Console
 
 from cluster import placement, runtime, storage
 from pipeline import lineage
-from pipeline.errors import UsageError
+from pipeline.errors import INTERRUPTED, OK, STAGE_FAILED, EnvironmentProblem, UsageError
 from pipeline.execute import StageJob, execute
 from pipeline.graph import Plan, PlannedStage
 from pipeline.lineage import DatasetRef, Tracker
@@ -67,7 +67,7 @@ def check_workdir(workdir: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=workdir):
             pass
     except OSError as exc:
-        raise UsageError(f"work dir {workdir} is not writable ({exc.strerror}); set run.workdir") from None
+        raise EnvironmentProblem(f"work dir {workdir} is not writable ({exc.strerror}); set run.workdir") from None
 
 
 def worker_env(workdir: Path) -> dict[str, str]:
@@ -192,7 +192,7 @@ class Runner:
                 status = "FAILED"
             lineage.end_run(parent, status)
             runtime.stop()
-        exit_code = {"FINISHED": 0, "FAILED": 1, "KILLED": 130}[status]
+        exit_code = {"FINISHED": OK, "FAILED": STAGE_FAILED, "KILLED": INTERRUPTED}[status]
         return RunResult(parent.run_id, outcomes, exit_code, report)
 
     def _reuse(self, parent: Tracker, item: PlannedStage) -> StageOutcome:

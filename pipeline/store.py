@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.build_lock import BuildLock, build_lock
-from pipeline.errors import UsageError
+from pipeline.errors import EnvironmentProblem
 
 MANIFEST = "manifest.json"
 STAGING_PREFIX = ".staging-"
@@ -181,7 +181,7 @@ class Store(ABC):
 
     @abstractmethod
     def check(self) -> None:
-        """Fail fast (UsageError, exit 2) when the store cannot be written."""
+        """Fail fast (EnvironmentProblem, exit 3) when the store cannot be written."""
 
     @abstractmethod
     def materialize(self, stage: str, fingerprint: str) -> Path:
@@ -300,7 +300,7 @@ class LocalStore(Store):
             with tempfile.NamedTemporaryFile(dir=self.root, prefix=".z2h-probe-"):
                 pass
         except OSError as exc:
-            raise UsageError(f"run.store {self.root}: cannot write there ({exc.strerror})") from None
+            raise EnvironmentProblem(f"run.store {self.root}: cannot write there ({exc.strerror})") from None
 
     def materialize(self, stage: str, fingerprint: str) -> Path:
         return self.entry(stage, fingerprint)

@@ -157,24 +157,24 @@ def test_stage_and_force_rerun_one_stage(first_run):
     assert set(runs) == {"count"} and runs["count"].data.tags["z2h.cache"] == "miss"
 
 
-def test_usage_errors_exit_2_and_write_nothing(first_run, tmp_path, capsys):
+def test_usage_and_environment_errors_exit_2_and_3_and_write_nothing(first_run, tmp_path, capsys):
     store_root = first_run["config"].run.workdir / "store"
     before = sorted(p.relative_to(store_root) for p in store_root.rglob("*"))
     path = str(first_run["path"])
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where a folder should be")
     cases = [
-        ["run", path, "--stage", "nope"],
-        ["run", path, "--set", "stages.words.count=zero"],
-        ["run", str(tmp_path / "missing.yaml")],
-        ["run", path, "--set", f"run.workdir={blocked / 'sub'}"],
-        ["run", path, "--set", "run.tracking_uri=http://127.0.0.1:9", "--force", "words"],
-        ["run"],
+        (2, "error", ["run", path, "--stage", "nope"]),
+        (2, "error", ["run", path, "--set", "stages.words.count=zero"]),
+        (2, "error", ["run", str(tmp_path / "missing.yaml")]),
+        (2, "error", ["run"]),
+        (3, "environment", ["run", path, "--set", f"run.workdir={blocked / 'sub'}"]),
+        (3, "environment", ["run", path, "--set", "run.tracking_uri=http://127.0.0.1:9", "--force", "words"]),
     ]
-    for argv in cases:
-        assert cli.main(argv) == 2, argv
+    for code, label, argv in cases:
+        assert cli.main(argv) == code, argv
         err = capsys.readouterr().err
-        assert "z2h: error:" in err and "Traceback" not in err, err
+        assert f"z2h: {label}:" in err and "Traceback" not in err, err
     assert sorted(p.relative_to(store_root) for p in store_root.rglob("*")) == before
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import UsageError
+from pipeline.errors import EnvironmentProblem
 from pipeline.store import MANIFEST, LocalStore, Manifest, Store, open_store
 
 
@@ -118,7 +118,7 @@ def test_a_filesystem_without_flock_is_a_usage_error(tmp_path: Path, monkeypatch
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
     with (
-        pytest.raises(UsageError, match=r"cannot lock .*abc\.lock .*filesystem with flock"),
+        pytest.raises(EnvironmentProblem, match=r"cannot lock .*abc\.lock .*filesystem with flock"),
         LocalStore(tmp_path).lock("s", "abc"),
     ):
         pass
@@ -127,7 +127,7 @@ def test_a_filesystem_without_flock_is_a_usage_error(tmp_path: Path, monkeypatch
 def test_check_refuses_a_store_root_it_cannot_write(tmp_path: Path):
     LocalStore(tmp_path / "store").check()
     (tmp_path / "file").write_text("not a folder")
-    with pytest.raises(UsageError, match="run.store .*file/store: cannot write there"):
+    with pytest.raises(EnvironmentProblem, match="run.store .*file/store: cannot write there"):
         LocalStore(tmp_path / "file" / "store").check()
 
 

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from pipeline.stage import Resources, Stage, StageCommand
-from stages.data.config import DataConfig, SamplesConfig
+from stages.data.config import DataConfig
 from stages.data.run import run
 from stages.data.sources import input_identities
 
@@ -22,8 +22,7 @@ def resources(cfg: DataConfig) -> Resources:
 
 
 def _configure_samples(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workdir", type=Path, default=Path(".z2h"), help="work dir holding the cache (default .z2h)")
-    parser.add_argument("--seed", type=int, default=1337, help="corpus seed (default 1337, the pipeline default)")
+    parser.add_argument("--seed", type=int, default=None, help="corpus seed (default: the config's run.seed)")
     parser.add_argument("--out", type=Path, default=None, help="also copy the WARC files into this folder")
 
 
@@ -33,7 +32,9 @@ def _run_samples(args: argparse.Namespace) -> int:
 
     from stages.data.samples.build import ensure_corpus
 
-    corpus = ensure_corpus(args.workdir, SamplesConfig(), args.seed)
+    # The same corpus the data stage reads: the config's work dir, seed and stages.data.samples.
+    seed = args.run_config.seed if args.seed is None else args.seed
+    corpus = ensure_corpus(args.run_config.workdir, args.stage_config.samples, seed)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         for path in sorted(corpus.iterdir()):
