@@ -38,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from pipeline.redact import redact
 from pipeline.store import LocalStore, Manifest
 
 REPORT_MD = "report.md"
@@ -259,7 +260,7 @@ def overview(view: RunView, commit: str, dirty: bool | None) -> Section:
         ["config files", tags.get("z2h.config_files", "?")],
         ["git commit", commit + (" (uncommitted changes)" if dirty else "")],
         ["z2h version", tags.get("z2h.version", "?")],
-        ["tracking", view.tracking_uri],
+        ["tracking", redact(view.tracking_uri)],
     ]
     return Section("Run", [Table(["", ""], rows)])
 

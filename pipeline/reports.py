@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.redact import redact
+
 STATUS_COLOURS = {"done": "green", "cached": "cyan", "failed": "red", "killed": "yellow", "not run": "dim"}
 
 
@@ -61,16 +63,17 @@ def print_runs(uri: str, experiment: str | None, limit: int, console: Console) -
     client = MlflowClient(tracking_uri=uri)
     experiments = [client.get_experiment_by_name(experiment)] if experiment else client.search_experiments()
     ids = [e.experiment_id for e in experiments if e is not None]
+    shown = redact(uri)
     if not ids:
-        console.print(f"no pipeline runs in {uri}")
+        console.print(f"no pipeline runs in {shown}")
         return
     parents = client.search_runs(
         ids, "tags.`z2h.kind` = 'pipeline'", max_results=limit, order_by=["attributes.start_time DESC"]
     )
     if not parents:
-        console.print(f"no pipeline runs in {uri}")
+        console.print(f"no pipeline runs in {shown}")
         return
-    table = Table(title=f"pipeline runs in {uri}")
+    table = Table(title=f"pipeline runs in {shown}")
     for column in ("run", "started", "status", "duration", "stages (status, seconds, metrics)"):
         table.add_column(column)
     for parent in parents:

@@ -22,6 +22,7 @@ from pipeline.errors import INTERRUPTED, OK, STAGE_FAILED, EnvironmentProblem, U
 from pipeline.execute import StageJob, execute
 from pipeline.graph import Plan, PlannedStage
 from pipeline.lineage import DatasetRef, Tracker
+from pipeline.redact import redact
 from pipeline.store import Store, open_store
 
 VERSION = version("zero2hero")
@@ -133,7 +134,7 @@ class Runner:
         )
         resolved = self.config.to_dict()
         parent.log_params({"run": resolved["run"], "cluster": resolved["cluster"]})
-        parent.log_text(self.config.to_yaml(), "config.yaml")
+        parent.log_text(redact(self.config.to_yaml()), "config.yaml")
         return address or "", parent
 
     def _check_cluster(self) -> None:
@@ -163,7 +164,7 @@ class Runner:
     # -- execution ----------------------------------------------------------------
     def run(self) -> RunResult:
         address, parent = self._prepare()
-        self.console.print(f"[bold]z2h[/] {self.config.run.name}: MLflow run {parent.run_id} ({self.uri})")
+        self.console.print(f"[bold]z2h[/] {self.config.run.name}: MLflow run {parent.run_id} ({redact(self.uri)})")
         outcomes: list[StageOutcome] = []
         status = "FINISHED"
         failed = False
@@ -326,7 +327,7 @@ class Runner:
                 self.workdir,
                 store=self.store,
                 resources={item.name: item.resources.describe() for item in self.plan.selected},
-                config_text=self.config.to_yaml(),
+                config_text=redact(self.config.to_yaml()),
                 log=lambda folder: parent.log_artifact(folder, "report"),
             )
         except Exception as exc:
