@@ -258,13 +258,19 @@ def upstream_model_id(tracker: Tracker, entry: Path, logger: logging.Logger) -> 
     try:
         run_id = json.loads((entry / MANIFEST).read_text())["run_id"]
         experiment = tracker.client.get_run(run_id).info.experiment_id
-        found = tracker.client.search_logged_models(
-            experiment_ids=[experiment], filter_string=f"source_run_id = '{run_id}'", max_results=1
-        )
+        found = produced_model(tracker.client, experiment, run_id)
     except Exception as exc:  # no manifest, no run id, or the tracking store has no such run
         logger.warning("no model lineage for %s (%s: %s); the link is skipped", entry, type(exc).__name__, exc)
         return None
-    if not found:
+    if found is None:
         logger.warning("run %s (%s) registered no LoggedModel; the link is skipped", run_id, entry)
         return None
-    return found[0].model_id
+    return found.model_id
+
+
+def produced_model(client: Any, experiment_id: str, run_id: str) -> Any:
+    """The LoggedModel that run `run_id` registered (a stage's final model), or None; `client` is an MlflowClient."""
+    found = client.search_logged_models(
+        experiment_ids=[experiment_id], filter_string=f"source_run_id = '{run_id}'", max_results=1
+    )
+    return found[0] if found else None

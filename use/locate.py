@@ -172,23 +172,22 @@ def _from_stage_run(run, place: Place, client) -> Found:
         found = _from_entry(Entry(stage, entry.name, entry, 0.0))
         return Found(found.folder, found.tokenizer or tokenizer, stage, f"{stage}/{entry.name} (run {run.info.run_id})")
     # The store lost it: the producing run's LoggedModel holds the same files.
-    producer = tags.get("z2h.producer_run_id") or run.info.run_id
-    models = client.search_logged_models(
-        [run.info.experiment_id], filter_string=f"source_run_id = '{producer}'", max_results=1
-    )
-    if not models:
+    from pipeline.lineage import produced_model
+
+    model = produced_model(client, run.info.experiment_id, tags.get("z2h.producer_run_id") or run.info.run_id)
+    if model is None:
         where = f"no store entry at {entry}" if entry else f"run.store {place.store_uri} is not a local folder"
         raise UsageError(f"run {run.info.run_id} ({stage}): {where} and no logged model in MLflow")
     from mlflow.artifacts import download_artifacts
 
-    target = place.cache / models[0].model_id
+    target = place.cache / model.model_id
     if not is_model_folder(target):
         target.mkdir(parents=True, exist_ok=True)
-        download_artifacts(artifact_uri=models[0].artifact_location, dst_path=str(target))
+        download_artifacts(artifact_uri=model.artifact_location, dst_path=str(target))
     folder = target if is_model_folder(target) else target / "artifacts"
     if tokenizer is None or not (tokenizer / META_FILE).is_file():
         tokenizer = None
-    label = f"{stage} model {models[0].model_id} from MLflow (run {run.info.run_id})"
+    label = f"{stage} model {model.model_id} from MLflow (run {run.info.run_id})"
     return Found(folder, tokenizer, stage, label)
 
 
