@@ -23,7 +23,7 @@ from typing import Any
 from pipeline.lineage import Tracker
 from pipeline.progress import Progress
 from pipeline.stage import Stage, StageConfig, StageContext
-from pipeline.store import Manifest, Store
+from pipeline.store import MANIFEST, Manifest, Store
 
 
 @dataclass
@@ -97,6 +97,11 @@ def _empty(folder: Path) -> None:
             child.unlink()
 
 
+def _producing_run(entry: Path) -> str:
+    """The MLflow run that produced a committed store entry, as its manifest records it."""
+    return Manifest.from_json((entry / MANIFEST).read_text()).run_id or ""
+
+
 def execute(job: StageJob) -> Manifest:
     name = job.stage.name
     store = job.store
@@ -107,11 +112,13 @@ def execute(job: StageJob) -> Manifest:
         out, err = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = _Tee(out, sink), _Tee(err, sink)
         try:
+            upstream = {n: store.materialize(n, fp) for n, fp in job.upstream_fingerprints.items()}
             ctx = StageContext(
                 name=name,
                 config=job.config,
                 pipeline_config=job.pipeline_config,
-                upstream={n: store.materialize(n, fp) for n, fp in job.upstream_fingerprints.items()},
+                upstream=upstream,
+                upstream_runs={n: _producing_run(folder) for n, folder in upstream.items()},
                 output_dir=job.staging,
                 scratch_dir=store.scratch(name, job.fingerprint),
                 workdir=job.workdir,
@@ -123,7 +130,7 @@ def execute(job: StageJob) -> Manifest:
                 ray_address=job.ray_address,
             )
             try:
-                metrics = _clean_metrics(name, job.stage.run(ctx))
+                metrics = job.stage.ordered(_clean_metrics(name, job.stage.run(ctx)))
             except BaseException:
                 traceback.print_exc()
                 raise

@@ -3,14 +3,14 @@
 A stage is a room with one door in (its `StageContext`) and one door out (files in
 `ctx.output_dir` plus the metrics dict `run` returns). The core knows stages only through
 this contract; stages are discovered through the `zero2hero.stages` entry-point group.
+docs/adding-a-stage.md walks through a complete example.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 if TYPE_CHECKING:
     from pipeline.lineage import Tracker
     from pipeline.progress import Progress
+    from pipeline.report_blocks import Block
 
 
 class StageConfig(BaseModel):
@@ -57,14 +58,6 @@ class Resources:
     workers: int = 1
     group: int = 1
 
-    @property
-    def total_cpus(self) -> float:
-        return self.cpus * self.workers
-
-    @property
-    def total_gpus(self) -> float:
-        return self.gpus * self.workers
-
     def describe(self) -> str:
         gpu = f" {self.gpus:g} GPU" if self.gpus else ""
         group = f" in node-local groups of {self.group}" if self.group > 1 else ""
@@ -78,6 +71,25 @@ class StageCommand:
     help: str
     configure: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
+
+
+@dataclass(frozen=True)
+class StageReport:
+    """A stage's section of the report card: a title, and `build(output folder, metrics)` returning the
+    section's blocks (`pipeline.report_blocks`: Text, Table, Image, Code). `build` reads what the stage
+    wrote; the core calls it only for a committed output and says 'Not run' under the title otherwise."""
+
+    title: str
+    build: Callable[[Path, Mapping[str, float]], list[Block]]
+
+
+@dataclass(frozen=True)
+class UpstreamOutput:
+    """An upstream stage's committed output, as a stage reads it."""
+
+    stage: str
+    folder: Path  # a local folder holding its files
+    run_id: str | None  # the MLflow run that produced it (None: not recorded)
 
 
 @dataclass
@@ -97,14 +109,15 @@ class StageContext:
     logger: logging.Logger
     progress: Progress
     ray_address: str | None = None
+    upstream_runs: Mapping[str, str] = field(default_factory=dict)  # upstream stage name -> producing MLflow run
 
-
-@dataclass(frozen=True)
-class OutputRef:
-    """A named output a stage wants recorded as a dataset in MLflow (beyond the folder)."""
-
-    name: str
-    path: str  # relative to the output folder
+    def upstream_output(self, stage: str) -> UpstreamOutput:
+        """The output of upstream stage `stage` (one of this stage's `needs`) and the MLflow run that
+        produced it, e.g. to link a new model to the LoggedModel it started from."""
+        if stage not in self.upstream:
+            known = ", ".join(self.upstream) or "none"
+            raise KeyError(f"stage '{self.name}' asked for upstream '{stage}', which it does not need (needs: {known})")
+        return UpstreamOutput(stage, Path(self.upstream[stage]), self.upstream_runs.get(stage) or None)
 
 
 @dataclass(frozen=True)
@@ -115,8 +128,10 @@ class Stage:
     config_model:  pydantic model for `stages.<name>` in the YAML
     resources:     config -> Resources
     run:           ctx -> metrics (flat dict of numbers); writes files to ctx.output_dir
-    code:          extra importable packages whose source is part of the fingerprint
-                   (the stage's own package is always included)
+    headline:      metric names shown first (`z2h run`'s summary, the report's key metrics), in this order
+    report:        the stage's section of the report card (None: key metrics and curves only)
+    code:          modules the fingerprint covers beyond those `run` imports (pipeline.graph follows the
+                   imports; name here what the stage loads by name at run time)
     inputs:        config -> {name: identity} of files the stage reads from outside the store (size and
                    mtime, or a content hash), part of the fingerprint: an edited input is not served from cache
     commands:      extra CLI subcommands
@@ -128,15 +143,14 @@ class Stage:
     run: Callable[[StageContext], Mapping[str, float]]
     needs: tuple[str, ...] = ()
     resources: Callable[[Any], Resources] = field(default=lambda cfg: Resources())
+    headline: tuple[str, ...] = ()
+    report: StageReport | None = None
     code: tuple[str, ...] = ()
     inputs: Callable[[Any], Mapping[str, str]] | None = None
     commands: Mapping[str, StageCommand] = field(default_factory=dict)
     description: str = ""
     summary: Callable[[Any, Any], str] | None = None
 
-    def source_packages(self) -> Iterable[str]:
-        """The stage's own package (the one defining `run`) and its declared `code`."""
-        module = sys.modules[self.run.__module__]
-        is_package = Path(module.__file__ or "").name == "__init__.py"
-        own = module.__name__ if is_package else module.__name__.rpartition(".")[0]
-        return (own or module.__name__, *self.code)
+    def ordered(self, metrics: Mapping[str, float]) -> dict[str, float]:
+        """`metrics` with the headline names first (those the stage returned), then the rest as given."""
+        return {key: metrics[key] for key in self.headline if key in metrics} | dict(metrics)

@@ -109,9 +109,9 @@ def test_lineage_links_the_policy_to_the_sft_model_and_the_task_data(finished):
 
 def test_resources_add_up_rollout_actors_and_learners():
     res = resources(RLConfig(rollout_actors=2, actor_cpus=0.5, learner_workers=2, learner_cpus=0.5))
-    assert res.workers == 4 and res.total_cpus == 2
+    assert res.workers == 4 and res.cpus * res.workers == 2
     gpu = resources(RLConfig(rollout_actors=1, actor_gpus=0.25, learner_workers=1, learner_gpus=0.75))
-    assert gpu.total_gpus == 1
+    assert gpu.gpus * gpu.workers == 1
 
 
 def test_bad_task_config_is_refused_up_front():

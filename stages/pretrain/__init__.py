@@ -5,7 +5,7 @@ from typing import Any
 
 from pipeline.stage import Resources, Stage
 from stages.pretrain.config import PretrainConfig
-from stages.pretrain.run import run
+from stages.pretrain.run import HEADLINE, run
 
 
 def resources(cfg: PretrainConfig) -> Resources:
@@ -39,6 +39,7 @@ stage = Stage(
     run=run,
     needs=("tokenizer",),
     resources=resources,
+    headline=HEADLINE,
     summary=summary,
     description="GPT pretraining on Ray Train with pipeline, data (FSDP2) and tensor parallelism; DCP checkpoints",
 )

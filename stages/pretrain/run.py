@@ -71,7 +71,7 @@ def run(ctx: StageContext) -> dict[str, float]:
     ctx.tracker.log_model(
         "base", ctx.output_dir / "model", params=model_params | {"tokens_seen": metrics["tokens_seen"]}
     )
-    return {key: metrics[key] for key in HEADLINE if key in metrics} | metrics
+    return metrics
 
 
 def _train(job: Job, out: Path | None, placement: list[dict] | None = None) -> dict[str, float]:

@@ -4,7 +4,7 @@ moves the SFT policy toward what scored well. Held-out accuracy before and after
 
 from pipeline.stage import Resources, Stage
 from stages.rl.config import RLConfig
-from stages.rl.run import run
+from stages.rl.run import HEADLINE, run
 
 
 def resources(cfg: RLConfig) -> Resources:
@@ -32,6 +32,7 @@ stage = Stage(
     run=run,
     needs=("sft", "tokenizer"),
     resources=resources,
+    headline=HEADLINE,
     description="GRPO from verifiable rewards: Ray rollout actors + a Ray Train learner",
     summary=summary,
 )

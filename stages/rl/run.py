@@ -196,4 +196,4 @@ def run(ctx: StageContext) -> dict[str, float]:
             "config": cfg.model_dump(mode="json"),
         },
     )
-    return {key: metrics[key] for key in HEADLINE if key in metrics} | metrics
+    return metrics

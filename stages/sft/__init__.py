@@ -3,7 +3,7 @@ only) under Ray Train with accelerate, and measure that it answers in the chat f
 
 from pipeline.stage import Resources, Stage
 from stages.sft.config import SFTConfig
-from stages.sft.run import run
+from stages.sft.run import HEADLINE, run
 
 
 def resources(cfg: SFTConfig) -> Resources:
@@ -17,5 +17,6 @@ stage = Stage(
     run=run,
     needs=("pretrain", "tokenizer"),
     resources=resources,
+    headline=HEADLINE,
     description="supervised finetuning on chat conversations (ShareGPT + arithmetic), loss on assistant tokens",
 )

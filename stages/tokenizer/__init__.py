@@ -3,7 +3,7 @@ and every document encoded into memory-mapped token shards (train / held-out val
 
 from pipeline.stage import Resources, Stage
 from stages.tokenizer.config import TokenizerConfig
-from stages.tokenizer.run import run
+from stages.tokenizer.run import HEADLINE, run
 
 
 def resources(cfg: TokenizerConfig) -> Resources:
@@ -17,5 +17,6 @@ stage = Stage(
     run=run,
     needs=("data",),
     resources=resources,
+    headline=HEADLINE,
     description="train a byte-level BPE (GPT-4 split, chat special tokens) and encode documents into token shards",
 )
