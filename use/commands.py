@@ -1,4 +1,4 @@
-"""`z2h chat` and `z2h sample`: their arguments and what they run.
+"""`z2h chat`, `z2h sample` and `z2h serve`: their arguments and what they run.
 
 Importing this module costs only argparse, so the CLI can build its parser (and `z2h --help`)
 without torch; the model and its engine load when a command runs. Where the run lives (`-c CONFIG`,
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,7 @@ class ModelCommand(NamedTuple):
     run: Callable[[argparse.Namespace], int]
 
 
-def _model_args(parser: argparse.ArgumentParser) -> None:
+def _target_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "target",
         nargs="?",
@@ -38,6 +39,10 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tokenizer", type=Path, default=None, help="tokenizer folder (default: the one the model was trained with)"
     )
+
+
+def _model_args(parser: argparse.ArgumentParser) -> None:
+    _target_args(parser)
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
     parser.add_argument(
         "--top-k", type=int, default=50, help="sample from the k likeliest tokens (default 50; 0 = all)"
@@ -103,6 +108,28 @@ def run_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_args(parser: argparse.ArgumentParser) -> None:
+    _target_args(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    parser.add_argument(
+        "--api-key", default=None, help="require `Authorization: Bearer KEY` on /v1 (default: $Z2H_API_KEY, else none)"
+    )
+    parser.add_argument("--max-batch", type=int, default=32, help="requests decoded together (default 32)")
+    parser.add_argument(
+        "--max-queue", type=int, default=256, help="requests waiting for a place; more get 429 (default 256)"
+    )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from use.serve import serve
+
+    if args.max_batch < 1 or args.max_queue < 0 or not 0 <= args.port <= 65535:
+        raise UsageError("--max-batch must be >= 1, --max-queue >= 0 and --port in 0..65535")
+    api_key = args.api_key or os.environ.get("Z2H_API_KEY") or None
+    return serve(_open_model(args), args.host, args.port, api_key, args.max_batch, args.max_queue)
+
+
 COMMANDS = {
     "chat": ModelCommand(
         help="chat in the terminal with the latest model (or a stage, run id or model folder); streams tokens",
@@ -113,5 +140,10 @@ COMMANDS = {
         help="one-shot completions from any model (base: plain text; sft/rl: chat template)",
         configure=_sample_args,
         run=run_sample,
+    ),
+    "serve": ModelCommand(
+        help="an OpenAI-compatible HTTP server (chat, completions, streaming) with a chat page at /",
+        configure=_serve_args,
+        run=run_serve,
     ),
 }
