@@ -1,39 +1,87 @@
-"""Progress bars that render on the driver's console wherever the work runs.
+"""Progress bars for stage code, wherever it runs.
 
-Inside a Ray worker, bars go through `ray.experimental.tqdm_ray`, which the driver draws;
-in a plain process they are ordinary tqdm bars.
+On a terminal they are ordinary tqdm bars. Everywhere else (a Ray worker, whose output the
+driver relays line by line; a log file; a pipe) a bar is a `LineBar`: one plain line every few
+seconds while it moves, the last reading when it closes, and nothing after that. Live bars
+relayed from Ray workers are no use there: every refresh becomes a line, and a bar the driver
+never saw close is re-drawn under every later stage's output.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import sys
+import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 
+from tqdm import tqdm
 
-def _in_ray_worker() -> bool:
-    try:
-        import ray
+LINE_INTERVAL_S = 5.0
 
-        return ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
-    except Exception:  # ray absent or not initialised: a plain process
-        return False
+
+class LineBar:
+    """The tqdm calls stages make (update, close, iteration), written as one line per `interval`."""
+
+    def __init__(self, iterable: Iterable | None, *, total: int | None, label: str, unit: str, interval: float):
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.iterable, self.total, self.label, self.unit, self.interval = iterable, total, label, unit, interval
+        self.n = 0
+        self.closed = False
+        self.started = self.last_line = time.monotonic()
+        self.shown = 0  # n at the last line written
+
+    def update(self, n: int = 1) -> None:
+        if self.closed:
+            return
+        self.n += n
+        if time.monotonic() - self.last_line >= self.interval:
+            self._line()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.n != self.shown:
+            self._line()
+
+    def _line(self) -> None:
+        self.last_line = now = time.monotonic()
+        self.shown = self.n
+        meter = tqdm.format_meter(
+            self.n,
+            self.total,
+            now - self.started,
+            ncols=0,  # no bar: a log line
+            prefix=self.label,
+            unit=self.unit,
+            unit_scale=self.unit == "B",  # bytes read best as kB/MB
+        )
+        print(meter, file=sys.stderr, flush=True)
+
+    def __iter__(self) -> Iterator:
+        if self.iterable is None:
+            raise ValueError(f"{self.label}: this bar was made without an iterable")
+        try:
+            for item in self.iterable:
+                yield item
+                self.update(1)
+        finally:
+            self.close()
 
 
 class Progress:
     """Factory for progress bars, prefixed with the stage name."""
 
-    def __init__(self, prefix: str = "", enabled: bool = True):
+    def __init__(self, prefix: str = "", enabled: bool = True, interval: float = LINE_INTERVAL_S):
         self.prefix = prefix
         self.enabled = enabled
+        self.interval = interval
 
     def bar(
         self, iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", unit: str = "it"
     ) -> Any:
         label = f"{self.prefix}: {desc}" if self.prefix and desc else (desc or self.prefix)
-        if self.enabled and _in_ray_worker():
-            from ray.experimental import tqdm_ray
-
-            return tqdm_ray.tqdm(iterable, desc=label, total=total, unit=unit)
-        from tqdm.auto import tqdm
-
+        if self.enabled and not sys.stderr.isatty():
+            return LineBar(iterable, total=total, label=label, unit=unit, interval=self.interval)
         return tqdm(iterable, desc=label, total=total, unit=unit, disable=not self.enabled, leave=False)
