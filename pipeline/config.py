@@ -22,6 +22,14 @@ from pipeline.errors import UsageError
 from pipeline.stage import Stage, StageConfig
 
 
+def _expanded(path: Path) -> Path:
+    """`~` / `~user` expanded, made absolute; an unknown user is a config error, not a crash."""
+    try:
+        return path.expanduser().absolute()
+    except RuntimeError as exc:  # pathlib's "Could not determine home directory"
+        raise ValueError(f"{path}: {exc}") from None
+
+
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -41,7 +49,7 @@ class RunConfig(BaseModel):
     @field_validator("workdir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
-        return value.expanduser().absolute()
+        return _expanded(value)
 
     @field_validator("store")
     @classmethod
@@ -50,7 +58,7 @@ class RunConfig(BaseModel):
             raise ValueError("memory:// lives in one process but stages run in others; use s3://, gs://, file://")
         if value is None or "://" in value:
             return value
-        return str(Path(value).expanduser().absolute())
+        return str(_expanded(Path(value)))
 
     @property
     def tracking(self) -> str:

@@ -230,7 +230,7 @@ class ASDivTask(DatasetTask):
                 raise SourceError(f"asdiv: {exc}") from exc
         try:
             with zipfile.ZipFile(path) as archive:
-                lines = archive.read(ASDIV_MEMBER).splitlines()
+                lines = archive.read(ASDIV_MEMBER).split(b"\n")  # like every JSONL reader: a lone \r ends no line
         except (zipfile.BadZipFile, KeyError, OSError) as exc:
             raise SourceError(f"{path}: no {ASDIV_MEMBER} ({exc})") from None
         return ((f"ASDiv/test.jsonl:{number}", value) for number, value in jsonl_values(lines))
