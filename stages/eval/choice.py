@@ -12,12 +12,12 @@ Files and their row shapes (read straight from the wheel with zipfile):
   BoolQ/dev.jsonl
       {"title", "passage", "question", "answer": "True" | "False"}   (options: yes / no)
 Rows without a gold answer, with options that do not parse, or whose gold is not one of the
-options are counted per reason and skipped.
+options are counted per reason and skipped, as are lines that are not strict JSON
+(`stages.common.rows`) and text that cannot be tokenized as it is (`stages.common.text`).
 """
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import zipfile
@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stages.common.prompts import TooLong, chat_prompt, fit_text, text_prompt
+from stages.common.rows import BadRow, jsonl_values
+from stages.common.text import problem_in
 from stages.common.tokenizer import Tokenizer
 
 FILES = {
@@ -91,6 +93,9 @@ def parse_row(name: str, index: int, row: object) -> ChoiceItem | str:
     """An item, or the reason the row is skipped."""
     if not isinstance(row, dict):
         return "not_an_object"
+    bad_text = problem_in(row)
+    if bad_text:
+        return bad_text
     question = row.get("question")
     if not isinstance(question, str) or not question.strip():
         return "no_question"
@@ -118,16 +123,12 @@ def parse_row(name: str, index: int, row: object) -> ChoiceItem | str:
 def load_set(name: str, wheel: Path) -> Loaded:
     loaded = Loaded([])
     with zipfile.ZipFile(wheel) as archive, archive.open(FILES[name]) as handle:
-        for index, line in enumerate(handle):
-            if not line.strip():
-                continue
+        for number, row in jsonl_values(handle):
             loaded.rows += 1
-            try:
-                row = json.loads(line)
-            except ValueError:
-                loaded.skipped["invalid_json"] += 1
+            if isinstance(row, BadRow):
+                loaded.skipped[row.reason] += 1
                 continue
-            parsed = parse_row(name, index, row)
+            parsed = parse_row(name, number - 1, row)
             if isinstance(parsed, str):
                 loaded.skipped[parsed] += 1
             else:

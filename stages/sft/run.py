@@ -15,9 +15,10 @@ from pathlib import Path
 
 from pipeline.lineage import Tracker, upstream_model_id
 from pipeline.stage import StageContext
-from stages.common import arith, packages
+from stages.common import packages
 from stages.common.chat import ASSISTANT_END, prompt_and_reply
 from stages.common.model import GPTConfig, save_pretrained
+from stages.common.tasks import reply_number
 from stages.common.tokenizer import Tokenizer, load
 from stages.common.worker_group import WorkerGroup, launch
 from stages.sft.config import SFTConfig
@@ -69,7 +70,7 @@ def _samples(data: Prepared, replies: list[list[int]], tokenizer: Tokenizer, wor
                 "prompt": prompt[-1]["content"][:500],
                 "reply": text[:1000],
                 "reference": reference[:500],
-                "correct": arith.parse_answer(text) == arith.parse_answer(reference)
+                "correct": reply_number(text) == reply_number(reference)
                 if example.source == "arith"
                 else None,
             }
