@@ -308,7 +308,7 @@ class LocalStore(Store):
     def _manifest_bytes(self, stage: str, fingerprint: str) -> bytes | None:
         try:
             return (self.entry(stage, fingerprint) / MANIFEST).read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no entry, or a file where a folder of the path should be
             return None
 
     def _files_location(self, manifest: Manifest) -> str:

@@ -169,3 +169,12 @@ def test_a_tampered_manifest_is_a_miss_naming_the_manifest_and_field(tmp_path: P
     path.write_text(json.dumps(raw))
     found = store.lookup("s", "abc")
     assert not found.hit and found.reason.startswith(f"invalid manifest {path}: field {says}")
+
+
+def test_a_store_below_a_file_is_a_miss_then_an_environment_problem(tmp_path):
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where a folder should be")
+    store = LocalStore(blocked / "store")
+    assert not store.lookup("words", "abc").hit  # planning goes on; the run's write check names the problem
+    with pytest.raises(EnvironmentProblem, match="cannot write there"):
+        store.check()
