@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pyarrow as pa
 from hypothesis import strategies as st
 
 # Every code point, surrogates too: JSON escapes can spell them, and readers must cope.
@@ -44,6 +45,24 @@ GSM8K_ROW = (
     | JSON
 )
 TEXT_ROW = st.fixed_dictionaries({"text": TEXT | JSON, "id": TEXT | JSON, "url": TEXT | JSON}) | JSON
+# A parquet string as the bytes a file holds: mostly UTF-8 text, sometimes not (Arrow does not check).
+PARQUET_STRING = st.none() | TEXT.map(lambda t: t.encode("utf-8", "surrogatepass")) | st.binary(max_size=20)
+
+
+def _as_binary(kind: pa.DataType) -> pa.DataType:
+    if pa.types.is_string(kind):
+        return pa.binary()
+    if pa.types.is_list(kind):
+        return pa.list_(_as_binary(kind.value_type))
+    if pa.types.is_struct(kind):
+        return pa.struct([(field.name, _as_binary(field.type)) for field in kind])
+    return kind
+
+
+def unchecked_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """`rows` of byte strings as a table of `schema`'s strings, unchecked, as a parquet file from elsewhere may be."""
+    columns = [pa.array([row[field.name] for row in rows], _as_binary(field.type)).view(field.type) for field in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def jsonl_lines(rows: st.SearchStrategy) -> st.SearchStrategy:

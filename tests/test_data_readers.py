@@ -213,3 +213,18 @@ def test_text_that_cannot_be_written_is_removed_by_name(tmp_path: Path):
     assert removed == {"invalid_unicode": 2, "nul_character": 1, "duplicate_key": 1, "invalid_utf8": 1}
     assert tally.docs[f"{BLOCK}.in"] == tally.docs[f"{BLOCK}.out"] + sum(tally.removed.values()) == 6
     assert tally.samples[f"{BLOCK}.invalid_unicode"][0]["text"] == "lone \ufffd"  # samples stay writable
+
+
+def test_parquet_strings_that_are_not_utf8_are_removed_by_row(tmp_path: Path):
+    """Arrow does not check a parquet file's strings: one bad row raised UnicodeDecodeError out of the reader."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = pa.array([b"first page", b"caf\xe9", b"third page"], pa.binary()).view(pa.string())
+    pq.write_table(pa.table({"text": texts, "id": ["a", "b", "c"]}), tmp_path / "docs.parquet")
+    source = SourceConfig(name="pq", kind="parquet", paths=[str(tmp_path / "docs.parquet")])
+    tally = Tally()
+    docs = list(open_source(Shard(0, source, (str(tmp_path / "docs.parquet"),)), tally, 1000))
+    assert [d.id for d in docs] == ["a", "c"]
+    assert tally.removed == {f"{BLOCK}.invalid_utf8": 1}
+    assert tally.samples[f"{BLOCK}.invalid_utf8"][0]["id"] == "docs.parquet:1"

@@ -12,7 +12,18 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fuzz_strategies import ANY_TEXT, CONVERSATION_ROW, GSM8K_ROW, JSON, RAW_LINE, WORDS, jsonl_lines, rows_in
+from fuzz_strategies import (
+    ANY_TEXT,
+    CONVERSATION_ROW,
+    GSM8K_ROW,
+    JSON,
+    PARQUET_STRING,
+    RAW_LINE,
+    WORDS,
+    jsonl_lines,
+    rows_in,
+    unchecked_table,
+)
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from sft_tiny import tokenizer
@@ -68,26 +79,22 @@ def test_conversation_rows_in_jsonl_are_kept_or_counted(lines, fmt):
     _check_conversations(examples, skips, rows_in(lines))
 
 
-# Parquet holds UTF-8 only (no lone surrogates), with a fixed schema; NULs and odd roles get through.
-PARQUET_TEXT = WORDS.filter(lambda w: w != "\ud800") | st.text(max_size=20)
-PARQUET_TURN = st.none() | st.fixed_dictionaries(
-    {"role": PARQUET_TEXT | st.none(), "content": PARQUET_TEXT | st.none()}
-)
+PARQUET_TURN = st.none() | st.fixed_dictionaries({"role": PARQUET_STRING, "content": PARQUET_STRING})
 PARQUET_ROW = st.fixed_dictionaries(
     {
         "messages": st.none() | st.lists(PARQUET_TURN, max_size=4),
         "conversations": st.none() | st.lists(PARQUET_TURN, max_size=3),
     }
 )
+TURN = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 
 
 @FUZZ
 @given(st.lists(PARQUET_ROW, min_size=1, max_size=6))
 def test_conversation_rows_in_parquet_are_kept_or_counted(rows):
-    turn = pa.struct([("role", pa.string()), ("content", pa.string())])
-    schema = pa.schema([("messages", pa.list_(turn)), ("conversations", pa.list_(turn))])
     with tempfile.TemporaryDirectory() as tmp:
-        pq.write_table(pa.Table.from_pylist(rows, schema=schema), Path(tmp) / "chats.parquet")
+        table = unchecked_table(rows, pa.schema([("messages", TURN), ("conversations", TURN)]))
+        pq.write_table(table, Path(tmp) / "chats.parquet")
         source = SourceConfig(name="fuzz", kind="parquet", path=str(Path(tmp) / "chats.parquet"))
         skips = Skips()
         examples, _ = load_examples(source, tokenizer(), 64, "drop", 0, Path(tmp), skips)

