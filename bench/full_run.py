@@ -155,15 +155,13 @@ def before_first_step(uri: str, run: Any) -> float | None:
     most frequently logged metric (None when it logged no steps while it ran)."""
     from mlflow import MlflowClient
 
-    from pipeline.report_card import in_step_order
-
     client = MlflowClient(tracking_uri=uri)
     best: list[Any] = []
     for name in run.data.metrics:
         history = client.get_metric_history(run.info.run_id, name)
         if len({m.step for m in history}) > len({m.step for m in best}):
             best = history
-    points = [(m.step, m.timestamp) for m in in_step_order(best)]
+    points = [(m.step, m.timestamp) for m in sorted(best, key=lambda m: (m.step, m.timestamp))]
     if len(points) < 3:
         return None
     (s0, t0), (s1, t1) = points[0], points[-1]

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from pipeline.redact import redact
 
+TABLE = "table.md"  # a stage's result table, printed after the run summary
 STATUS_COLOURS = {"done": "green", "cached": "cyan", "failed": "red", "killed": "yellow", "not run": "dim"}
 
 
@@ -35,20 +36,25 @@ def print_summary(result, plan, console: Console) -> None:
 
 
 def print_stage_tables(result, plan, console: Console) -> None:
-    """Result tables stages leave in their output as `table.md` (the eval stage's base/sft/rl table):
-    rendered on a terminal, as the Markdown itself (never re-wrapped) in a log or pipe."""
+    """Result tables stages leave in their output as `table.md` (the eval stage's base/sft/rl table), from
+    the store the run's config names: rendered on a terminal, as the Markdown itself (never re-wrapped)
+    in a log or pipe."""
     from rich.markdown import Markdown
 
+    from pipeline.store import open_store
+
+    store = open_store(plan.config.run.store, plan.config.run.workdir)
     for outcome in result.outcomes:
         if outcome.status not in ("done", "cached") or not outcome.fingerprint:
             continue
-        path = plan.config.run.workdir / "store" / outcome.name / outcome.fingerprint / "table.md"
-        if not path.is_file():
+        manifest = store.lookup(outcome.name, outcome.fingerprint).manifest
+        if manifest is None or TABLE not in {f.path for f in manifest.files}:
             continue
+        text = (store.materialize(outcome.name, outcome.fingerprint) / TABLE).read_text()
         if console.is_terminal:
-            console.print(Markdown(path.read_text()))
+            console.print(Markdown(text))
         else:
-            console.print(path.read_text(), markup=False, highlight=False, soft_wrap=True)
+            console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def _duration(info) -> str:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -82,6 +83,14 @@ def worker_env(workdir: Path) -> dict[str, str]:
 
 def dataset_ref(store: Store, item: PlannedStage) -> DatasetRef:
     return DatasetRef(name=item.name, digest=item.fingerprint, source=store.location(item.name, item.fingerprint))
+
+
+def log_summary(tracker: Tracker, metrics: Mapping[str, float]) -> None:
+    """A built stage's returned metrics on its run, but for those the stage logged itself while it ran:
+    their histories are the stage's own, and a second point at step 0 would pull each curve back to its
+    start (MLflow shows a metric's value at its highest step anyway)."""
+    logged = tracker.client.get_run(tracker.run_id).data.metrics
+    tracker.log_metrics({key: value for key, value in metrics.items() if key not in logged})
 
 
 class Runner:
@@ -295,7 +304,7 @@ class Runner:
             seconds = time.time() - started
             return StageOutcome(item.name, "failed", seconds, item.fingerprint, tracker.run_id, {}, reason)
         tracker.log_datasets([dataset_ref(self.store, item)], context="output")
-        tracker.log_metrics({**manifest.metrics, "store_bytes": manifest.total_bytes})
+        log_summary(tracker, {**manifest.metrics, "store_bytes": manifest.total_bytes})
         self._upload_log(tracker, log_file)
         lineage.end_run(tracker, "FINISHED")
         seconds = time.time() - started
@@ -326,6 +335,7 @@ class Runner:
                 parent.run_id,
                 self.workdir,
                 store=self.store,
+                stages={item.name: item.stage for item in self.plan.stages},
                 resources={item.name: item.resources.describe() for item in self.plan.selected},
                 config_text=redact(self.config.to_yaml()),
                 log=lambda folder: parent.log_artifact(folder, "report"),

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from rich.console import Console
 
 from pipeline.reports import print_stage_tables
+from pipeline.store import Manifest, open_store
 from stages.eval.table import Row, as_json, flat_metrics, markdown, mlflow_columns
 
 COLUMNS = ["base", "sft", "rl"]
@@ -35,11 +36,15 @@ def test_markdown_json_and_mlflow_shapes():
     assert flat_metrics(rows())["rl/mmlu"] == 0.26
 
 
-def test_the_run_summary_prints_each_stage_table(tmp_path: Path):
-    entry = tmp_path / "store" / "eval" / "fp1"
-    entry.mkdir(parents=True)
-    (entry / "table.md").write_text(markdown(rows(), COLUMNS, title="eval: base, sft, rl"))
-    plan = SimpleNamespace(config=SimpleNamespace(run=SimpleNamespace(workdir=tmp_path)))
+def test_the_run_summary_prints_each_stage_table_from_the_configured_store(tmp_path: Path):
+    store_root, workdir = tmp_path / "shared" / "store", tmp_path / "work"  # run.store outside the work dir
+    store = open_store(store_root, workdir)
+    text = markdown(rows(), COLUMNS, title="eval: base, sft, rl")
+    for name, fingerprint in (("eval", "fp1"), ("sft", "fp2")):
+        staging = store.staging(name, fingerprint)
+        (staging / ("table.md" if name == "eval" else "other.txt")).write_text(text)
+        store.commit(staging, Manifest(name, fingerprint, []))
+    plan = SimpleNamespace(config=SimpleNamespace(run=SimpleNamespace(workdir=workdir, store=store_root)))
     outcomes = [
         SimpleNamespace(name="eval", status="cached", fingerprint="fp1"),
         SimpleNamespace(name="sft", status="done", fingerprint="fp2"),  # no table: nothing printed
@@ -51,4 +56,4 @@ def test_the_run_summary_prints_each_stage_table(tmp_path: Path):
     assert "eval: base, sft, rl" in printed and "0.300 ± 0.046" in printed and "<|assistant_end|>" in printed
     logged = io.StringIO()  # not a terminal (a log file): the Markdown itself, one line per row however wide
     print_stage_tables(SimpleNamespace(outcomes=outcomes), plan, Console(file=logged, width=40))
-    assert logged.getvalue() == (entry / "table.md").read_text() + "\n"
+    assert logged.getvalue() == text + "\n"

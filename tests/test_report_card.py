@@ -13,20 +13,19 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline import lineage, report_card
-from pipeline.store import LocalStore, Manifest
+from pipeline.store import LocalStore, Manifest, open_store
 
-SECTIONS = [
+CORE_SECTIONS = [
     "Run",
     "Time and resources per stage",
     "Key metrics",
-    "Data funnel",
-    "Tokenizer compression",
     "Loss curves",
     "Reward curves",
-    "Evaluation",
     "Hardware",
     "Config",
 ]
+STAGE_SECTIONS = ["Data funnel", "Tokenizer compression", "Evaluation"]  # the stages' own, in pipeline order
+SECTIONS = [*CORE_SECTIONS[:3], *STAGE_SECTIONS, *CORE_SECTIONS[3:]]
 PNG = b"\x89PNG\r\n\x1a\n"
 CONFIG = "run: {name: tiny, seed: 7}\nstages: {data: {tasks: 2}, tokenizer: {vocab_size: 512}}\n"
 
@@ -87,7 +86,8 @@ def commit(store: LocalStore, stage: str, fp: str, run_id: str, files: dict[str,
     staging = store.staging(stage, fp)
     for name, content in files.items():
         (staging / name).write_text(json.dumps(content))
-    manifest = Manifest(stage, fp, [], metrics={"headline": 1.5, "second": 2.0}, run_id=run_id, seconds=seconds)
+    metrics = tokenizer_stats()["metrics"] if stage == "tokenizer" else {"headline": 1.5, "second": 2.0}
+    manifest = Manifest(stage, fp, [], metrics=metrics, run_id=run_id, seconds=seconds)
     store.commit(staging, manifest)
 
 
@@ -143,6 +143,7 @@ def test_every_section_renders_for_a_tiny_run(tiny_run):
         tiny_run["uri"],
         parent.run_id,
         tiny_run["workdir"],
+        store=tiny_run["store"],
         resources=resources,
         config_text=CONFIG,
         log=lambda folder: parent.log_artifact(folder, "report"),
@@ -185,20 +186,22 @@ def test_missing_sections_say_not_run(tmp_path: Path):
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     lineage.check_tracking(uri)
     experiment = lineage.experiment_id(uri, "toy", workdir / "mlartifacts")
-    tags = {"z2h.kind": "pipeline", "z2h.config": "toy", "z2h.stages": "words,count"}
+    tags = {"z2h.kind": "pipeline", "z2h.config": "toy", "z2h.stages": "data,tokenizer,eval"}
     parent = lineage.start_run(uri, experiment, "toy-1", tags)
     stage = lineage.start_run(
-        uri, experiment, "words", {"z2h.stage": "words", "z2h.fingerprint": "fp1"}, parent_run_id=parent.run_id
+        uri, experiment, "data", {"z2h.stage": "data", "z2h.fingerprint": "fp1"}, parent_run_id=parent.run_id
     )
     stage.log_metrics({"progress": 0.5}, step=1)
     lineage.end_run(stage, "FAILED")
-    card = report_card.write(uri, parent.run_id, workdir)  # no store entry, no config.yaml artifact
+    # no store entry, no config.yaml artifact
+    card = report_card.write(uri, parent.run_id, workdir, store=open_store(None, workdir))
     markdown = card.markdown.read_text()
     assert sections_of(markdown) == SECTIONS
     for title in ("Data funnel", "Tokenizer compression", "Loss curves", "Reward curves", "Evaluation"):
         body = markdown.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
         assert body.strip().startswith("Not run:"), (title, body)
-    assert "| words | failed |" in markdown and "| count | not run |" in markdown
+    assert "`data` has no committed output (failed)" in markdown
+    assert "| data | failed |" in markdown and "| tokenizer | not run |" in markdown
     assert "no `config.yaml` artifact" in markdown
 
 
@@ -214,7 +217,7 @@ def test_report_failure_never_fails_the_run(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(report_card, "write", broken)
     fake = runner.Runner.__new__(runner.Runner)
     fake.uri, fake.workdir, fake.store = "sqlite:///x.db", tmp_path, None
-    fake.plan = type("P", (), {"selected": []})()
+    fake.plan = type("P", (), {"selected": [], "stages": []})()
     fake.config = type("C", (), {"to_yaml": lambda self: ""})()
     fake.console = Console(file=sys.stderr, highlight=False)
     assert fake._report(lineage.Tracker("sqlite:///x.db", "run")) is None
@@ -233,7 +236,7 @@ def test_z2h_run_writes_logs_and_prints_the_report(toy_registry, toy_config, cap
     assert page.name == "report.html" and page.is_file()
     run_id = page.parent.name
     markdown = (page.parent / "report.md").read_text()
-    assert sections_of(markdown) == SECTIONS
+    assert sections_of(markdown) == CORE_SECTIONS  # the toy stages declare no section of their own
     assert "| words | done |" in markdown and "1x(1 CPU)" in markdown
     client = MlflowClient(tracking_uri=f"sqlite:///{toy_config.parent / 'work' / 'mlflow.db'}")
     assert client.get_run(run_id).data.tags["z2h.kind"] == "pipeline"
@@ -241,11 +244,25 @@ def test_z2h_run_writes_logs_and_prints_the_report(toy_registry, toy_config, cap
     assert {"report/report.md", "report/report.html"} <= logged
 
 
-def test_curves_drop_the_summary_the_runner_logs_at_step_0():
-    """A stage's returned metrics are logged again at step 0 after its last step; curves skip that point."""
-    from mlflow.entities import Metric
+def test_a_stage_section_that_fails_says_so_and_the_rest_of_the_report_stands(tiny_run):
+    table = tiny_run["store"].materialize("eval", "eval-fp-4") / "table.json"
+    table.write_bytes(b"{" * table.stat().st_size)  # same size: the entry still verifies, the file does not parse
+    card = report_card.write(tiny_run["uri"], tiny_run["parent"].run_id, tiny_run["workdir"], store=tiny_run["store"])
+    markdown = card.markdown.read_text()
+    assert sections_of(markdown) == SECTIONS
+    assert "Not shown: `eval`'s section failed (JSONDecodeError" in markdown
 
-    history = [Metric("loss", 9.0, 100 + step, step) for step in (1, 2, 3)] + [Metric("loss", 3.0, 900, 0)]
-    assert [(m.step, m.value) for m in report_card.in_step_order(history)] == [(1, 9.0), (2, 9.0), (3, 9.0)]
-    early = [Metric("loss", 5.0, 50, 0), *history[:3]]
-    assert [m.step for m in report_card.in_step_order(early)] == [0, 1, 2, 3]
+
+def test_returned_metrics_never_pull_a_curve_back(tmp_path: Path):
+    """The runner logs what a stage returned, but not again what the stage logged itself while it ran."""
+    from pipeline.runner import log_summary
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    lineage.check_tracking(uri)
+    run = lineage.start_run(uri, lineage.experiment_id(uri, "toy", tmp_path / "mlartifacts"), "words", {})
+    for step in (1, 2, 3):
+        run.log_metrics({"loss": 9.0 - step}, step=step)
+    log_summary(run, {"loss": 6.0, "accuracy": 0.5})
+    client = MlflowClient(tracking_uri=uri)
+    assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "loss")] == [(1, 8.0), (2, 7.0), (3, 6.0)]
+    assert client.get_run(run.run_id).data.metrics == {"loss": 6.0, "accuracy": 0.5}

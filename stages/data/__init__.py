@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pipeline.stage import Resources, Stage, StageCommand
 from stages.data.config import DataConfig
+from stages.data.report import SECTION
 from stages.data.run import run
 from stages.data.sources import input_identities
 
@@ -51,6 +52,7 @@ stage = Stage(
     run=run,
     needs=(),
     resources=resources,
+    report=SECTION,
     inputs=input_identities,
     commands={
         "samples": StageCommand(

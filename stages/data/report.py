@@ -1,12 +1,16 @@
-"""stats.json, removed-document samples, MLflow metrics and the funnel table, from merged tallies."""
+"""stats.json, removed-document samples, MLflow metrics and the funnel table, from merged tallies; and the
+report card's funnel section, from stats.json."""
 
 from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pipeline.report_blocks import Block, Table, Text, fmt, fmt_bytes, pct
+from pipeline.stage import StageReport
 from stages.data.funnel import Tally, merge
 from stages.data.readers import BLOCK
 
@@ -92,3 +96,43 @@ def unreadable_part(problems: list, cap: int) -> dict[str, Any]:
     for problem in problems:
         tally.fail_file(BLOCK, "unreadable_path", problem.path, problem.error)
     return {"tally": tally.to_dict(), "samples": tally.samples}
+
+
+def _removed(reasons: Mapping[str, int]) -> str:
+    return ", ".join(f"{reason} {n:,}" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])) or "–"
+
+
+def funnel_section(folder: Path, _metrics: Mapping[str, float]) -> list[Block]:
+    """Documents and bytes through each filter, in the order they flow, with removals per reason."""
+    stats = json.loads((folder / "stats.json").read_text())
+    blocks = stats["blocks"]
+    rows = [
+        [
+            b["block"],
+            fmt(b["docs_in"]),
+            fmt(b["docs_out"]),
+            pct(b["docs_out"], b["docs_in"]),
+            fmt_bytes(b["bytes_in"]),
+            fmt_bytes(b["bytes_out"]),
+            pct(b["bytes_out"], b["bytes_in"]),
+            _removed(b.get("removed", {})),
+        ]
+        for b in blocks
+    ]
+    docs_in, docs_out = stats["documents_in"], stats["documents_out"]
+    bytes_in, bytes_out = stats["bytes_in"], stats["bytes_out"]
+    section: list[Block] = [
+        Text(
+            f"{docs_in:,} documents in, {docs_out:,} kept ({pct(docs_out, docs_in)}); "
+            f"{fmt_bytes(bytes_in)} in, {fmt_bytes(bytes_out)} out ({pct(bytes_out, bytes_in)} of the bytes). "
+            "Each row is one filter in the order documents flow through; removals are per named reason."
+        ),
+        Table(["filter", "docs in", "docs out", "kept", "bytes in", "bytes out", "bytes kept", "removed"], rows),
+    ]
+    dedup = {k: v for k, v in (stats.get("dedup") or {}).items() if isinstance(v, int | float)}
+    if dedup:
+        section.append(Text("Deduplication: " + ", ".join(f"{k} {fmt(v)}" for k, v in dedup.items()) + "."))
+    return section
+
+
+SECTION = StageReport("Data funnel", funnel_section)

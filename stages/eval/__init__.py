@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pipeline.stage import Resources, Stage
 from stages.eval.config import EvalConfig
+from stages.eval.report import SECTION
 from stages.eval.run import run
 
 
@@ -25,6 +26,7 @@ stage = Stage(
     run=run,
     needs=("tokenizer", "pretrain", "sft", "rl"),
     resources=resources,
+    report=SECTION,
     description="bits per byte, multiple choice by likelihood, task accuracy and chat format for base/SFT/RL",
     summary=summary,
 )

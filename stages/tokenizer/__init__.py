@@ -3,6 +3,7 @@ and every document encoded into memory-mapped token shards (train / held-out val
 
 from pipeline.stage import Resources, Stage
 from stages.tokenizer.config import TokenizerConfig
+from stages.tokenizer.report import SECTION
 from stages.tokenizer.run import HEADLINE, run
 
 
@@ -18,5 +19,6 @@ stage = Stage(
     needs=("data",),
     resources=resources,
     headline=HEADLINE,
+    report=SECTION,
     description="train a byte-level BPE (GPT-4 split, chat special tokens) and encode documents into token shards",
 )
