@@ -6,7 +6,6 @@ import ast
 import hashlib
 import importlib.util
 import json
-import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -34,48 +33,45 @@ def code_hash(stage: Stage) -> str:
 
 
 def code_files(stage: Stage) -> dict[str, Path]:
-    """The source files a stage's fingerprint covers, by path under their import root: every file of
-    the stage's own package and of its declared `code`, plus each project module (of its own top-level
-    package or of `SHARED_CODE`) those files import, transitively, with the `__init__.py` files that
-    importing it runs. Found statically (`ast`), so imports inside functions count too; editing a
-    module the stage never imports leaves its fingerprint alone."""
-    own = _own_package(stage)
-    project = {own.partition(".")[0], *SHARED_CODE}
+    """The source files a stage's fingerprint covers, by path under their import root: the module
+    defining `run` and every project module (of its own top-level package or of `SHARED_CODE`) that it
+    imports, transitively, plus every file of the declared `code`. The `__init__.py` of each package
+    above those modules counts too (importing a module runs it), though what it imports does not:
+    a stage package's `__init__.py` imports its report section and commands, which make no outputs.
+    Found statically (`ast`), so imports inside functions count; editing a module the stage's code
+    never imports leaves its fingerprint alone."""
+    start = stage.run.__module__
+    project = {start.partition(".")[0], *SHARED_CODE}
     found: dict[str, Path] = {}
-    todo: list[tuple[str, Path]] = []
+    followed: set[str] = set()
+    todo: list[str] = []  # modules whose imports are still to read
 
-    def add(module: str, path: Path) -> None:
-        key = path.relative_to(_root(module)).as_posix()
-        if key not in found:
-            found[key] = path
-            todo.append((module, path))
+    def add(module: str) -> None:
+        for name, path in _module_and_parents(module):
+            found[path.relative_to(_root(name)).as_posix()] = path
+        if module not in followed:
+            followed.add(module)
+            todo.append(module)
 
-    for name in (own, *stage.code):
+    add(start)
+    for name in stage.code:
         files = _package_files(name)
         if not files:
             raise UsageError(f"stage '{stage.name}': cannot find module '{name}' to fingerprint its source")
-        for module, path in [*_module_and_parents(name), *files]:
-            add(module, path)
+        for module, _path in files:
+            add(module)
     while todo:
-        module, path = todo.pop()
-        for imported in _imports(path, module):
+        module = todo.pop()
+        source = _module_file(module)
+        for imported in _imports(source, module) if source else ():
             if imported.partition(".")[0] in project:
-                for parent, source in _module_and_parents(imported):
-                    add(parent, source)
+                add(imported)
     return found
 
 
 @cache
 def file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _own_package(stage: Stage) -> str:
-    """The package defining the stage's `run` (the module itself for a one-file stage)."""
-    module = sys.modules[stage.run.__module__]
-    if Path(module.__file__ or "").name == "__init__.py":
-        return module.__name__
-    return module.__name__.rpartition(".")[0] or module.__name__
 
 
 @cache

@@ -1,5 +1,5 @@
-"""A stage's fingerprint covers the code it uses: its own package and the project modules it imports,
-transitively, and nothing else."""
+"""A stage's fingerprint covers the code its `run` uses: the module defining it and the project modules
+it imports, transitively, and nothing else."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ COUNTDOWN = "stages/common/tasks/countdown.py"
 def write_package(root: Path) -> None:
     files = {
         "walk/__init__.py": "",
-        "walk/alpha/__init__.py": "from walk.alpha.run import run\n",
+        "walk/alpha/__init__.py": "from walk.alpha.report import SECTION\nfrom walk.alpha.run import run\n",
+        "walk/alpha/report.py": "SECTION = 'made no outputs'\n",
         "walk/alpha/run.py": "from ..shared import used\n\n\ndef run(ctx):\n    from walk.shared.lazy import THING\n"
         "    return {'x': used.X + THING}\n",
         "walk/shared/__init__.py": "",
@@ -33,7 +34,7 @@ def write_package(root: Path) -> None:
         (root / name).write_text(text)
 
 
-def test_imports_are_followed_relative_lazy_and_transitive(tmp_path, monkeypatch):
+def test_imports_of_run_are_followed_relative_lazy_and_transitive(tmp_path, monkeypatch):
     write_package(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     stage = Stage("alpha", StageConfig, importlib.import_module("walk.alpha").run)
@@ -48,6 +49,7 @@ def test_imports_are_followed_relative_lazy_and_transitive(tmp_path, monkeypatch
     }
     before = graph.code_hash(stage)
     (tmp_path / "walk/shared/unused.py").write_text("Y = 4\n")
+    (tmp_path / "walk/alpha/report.py").write_text("SECTION = 'reworded'\n")
     graph.file_hash.cache_clear()
     assert graph.code_hash(stage) == before
     (tmp_path / "walk/shared/lazy.py").write_text("THING = 5\n")
@@ -76,6 +78,7 @@ def test_shared_code_counts_only_for_the_stages_that_import_it(real_stages):
     assert COUNTDOWN not in files["tokenizer"] and COUNTDOWN not in files["data"]
     assert "stages/common/packages.py" in files["data"]  # the sample corpus fetches pinned archives
     assert not any(key.startswith("stages/rl/") for key in files["eval"])  # stages never import each other
+    assert "stages/tokenizer/report.py" not in files["tokenizer"]  # its report section makes no outputs
 
 
 def test_editing_a_module_only_rl_uses_refingerprints_rl_and_not_the_tokenizer(real_stages, tmp_path, monkeypatch):
