@@ -34,7 +34,11 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field("z2h", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    workdir: Path = Path(".z2h")
+    workdir: Path = Field(
+        Path(".z2h"),
+        validate_default=True,
+        description="store, MLflow (sqlite), logs, caches; relative to where z2h runs",
+    )
     seed: int = Field(1337, ge=0)
     tracking_uri: str | None = Field(
         None, description="MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db"
