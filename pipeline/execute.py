@@ -139,7 +139,6 @@ def execute(job: StageJob) -> Manifest:
                 fingerprint=job.fingerprint,
                 files=[],
                 metrics=metrics,
-                counts={},
                 run_id=job.tracker.run_id,
                 upstream=dict(job.upstream_fingerprints),
                 seconds=round(time.time() - started, 3),

@@ -63,7 +63,6 @@ class Manifest:
     fingerprint: str
     files: list[FileEntry]
     metrics: dict[str, float] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
     run_id: str | None = None  # the MLflow run that produced this entry
     upstream: dict[str, str] = field(default_factory=dict)  # stage -> fingerprint
     created: float = field(default_factory=time.time)
@@ -80,6 +79,7 @@ class Manifest:
         if not isinstance(raw, dict) or not isinstance(raw.get("files"), list):
             raise ManifestError("not a JSON object with a list of files")
         raw["files"] = [FileEntry(**f) for f in raw["files"]]
+        raw.pop("counts", None)  # older manifests: file count and bytes, which `files` holds
         manifest = cls(**raw)
         manifest.validate()
         return manifest
@@ -99,9 +99,8 @@ class Manifest:
                 raise ManifestError(f"{where}.sha256 {item.sha256!r} is not 64 hex digits")
 
     def list_files(self, folder: Path) -> None:
-        """Record the files staged in `folder` (sizes, sha256s, counts)."""
+        """Record the files staged in `folder` (paths, sizes, sha256s)."""
         self.files = scan_files(folder)
-        self.counts.update(files=len(self.files), bytes=self.total_bytes)
 
     @property
     def total_bytes(self) -> int:

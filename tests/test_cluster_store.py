@@ -54,7 +54,7 @@ def test_open_store_picks_the_kind_from_the_setting(tmp_path: Path):
 
 def test_commit_uploads_files_then_the_manifest(remote: RemoteStore):
     manifest = commit(remote)
-    assert manifest.upload and manifest.counts == {"files": 2, "bytes": 7}
+    assert manifest.upload and manifest.total_bytes == 7
     assert listing(remote) == [
         f"s/abc/{manifest.upload}/out.txt",
         f"s/abc/{manifest.upload}/sub/x.bin",

@@ -28,7 +28,7 @@ def test_commit_writes_manifest_last_and_lookup_hits(tmp_path):
     entry = store.entry("s", "abc")
     assert (entry / MANIFEST).exists()
     assert [f.path for f in manifest.files] == ["out.txt", "sub/x.bin"]
-    assert manifest.counts == {"files": 2, "bytes": 7}
+    assert manifest.total_bytes == 7
     found = store.lookup("s", "abc", checksums=True)
     assert found.hit and found.manifest.run_id == "r1"
     assert not list(tmp_path.glob("s/.staging-*"))
@@ -56,6 +56,14 @@ def test_damaged_entries_are_misses_with_reasons(tmp_path):
     assert "missing" in store.lookup("s", "abc").reason
     (entry / MANIFEST).write_text("{not json")
     assert "unreadable manifest" in store.lookup("s", "abc").reason
+
+
+def test_an_older_manifest_with_counts_still_reads(tmp_path):
+    store = LocalStore(tmp_path)
+    commit_entry(store)
+    path = store.entry("s", "abc") / MANIFEST
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"counts": {"files": 2, "bytes": 7}}))
+    assert store.lookup("s", "abc").hit
 
 
 def test_manifest_for_other_fingerprint_is_rejected(tmp_path):
