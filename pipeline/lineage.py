@@ -20,11 +20,13 @@ import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import EnvironmentProblem
 from pipeline.redact import redact
-from pipeline.store import MANIFEST
+
+if TYPE_CHECKING:
+    from pipeline.stage import UpstreamOutput
 
 SOURCE_TAG = "z2h"
 DATASET_CONTEXT = "mlflow.data.context"
@@ -251,19 +253,22 @@ def end_run(tracker: Tracker, status: str) -> None:
     tracker.client.set_terminated(tracker.run_id, status=status)
 
 
-def upstream_model_id(tracker: Tracker, entry: Path, logger: logging.Logger) -> str | None:
-    """The LoggedModel registered by the run that produced the store entry `entry` (its manifest
-    names the run), so a new model can name the one it started from. None, with a warning, when that
-    lineage is missing: a model without it must still train."""
+def upstream_model_id(tracker: Tracker, upstream: UpstreamOutput, logger: logging.Logger) -> str | None:
+    """The LoggedModel registered by the run that produced an upstream output (`ctx.upstream_output`),
+    so a new model can name the one it started from. None, with a warning, when that lineage is
+    missing: a model without it must still train."""
+    run_id = upstream.run_id
+    if run_id is None:
+        logger.warning("no run recorded for %s (%s); the base model link is skipped", upstream.stage, upstream.folder)
+        return None
     try:
-        run_id = json.loads((entry / MANIFEST).read_text())["run_id"]
         experiment = tracker.client.get_run(run_id).info.experiment_id
         found = produced_model(tracker.client, experiment, run_id)
-    except Exception as exc:  # no manifest, no run id, or the tracking store has no such run
-        logger.warning("no model lineage for %s (%s: %s); the link is skipped", entry, type(exc).__name__, exc)
+    except Exception as exc:  # the tracking store has no such run, or cannot be reached
+        logger.warning("no model lineage for %s (%s: %s); the link is skipped", upstream.stage, type(exc).__name__, exc)
         return None
     if found is None:
-        logger.warning("run %s (%s) registered no LoggedModel; the link is skipped", run_id, entry)
+        logger.warning("run %s (%s) registered no LoggedModel; the link is skipped", run_id, upstream.stage)
         return None
     return found.model_id
 

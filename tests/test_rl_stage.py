@@ -51,7 +51,6 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[StageContext, di
     sft = write_base_model(root / "sft", seq_len=64)
     sft_run = start_run(uri, experiment, "sft", {"z2h.stage": "sft"})
     sft_id = sft_run.log_model("sft", sft / "model")
-    (sft / "manifest.json").write_text(json.dumps({"run_id": sft_run.run_id}))
     cfg = RLConfig(
         task=TaskConfig(name="vowel_start", options={"max_steps": 1}),
         steps=6,
@@ -73,7 +72,8 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[StageContext, di
     )
     upstream = {"sft": sft, "tokenizer": write_tokenizer(root / "tokenizer")}
     tracker = start_run(uri, experiment, "rl", {"z2h.stage": "rl"})
-    ctx = local_context("rl", cfg, root, upstream=upstream, seed=3, tracker=tracker, progress=True)
+    runs = {"sft": sft_run.run_id}
+    ctx = local_context("rl", cfg, root, upstream=upstream, upstream_runs=runs, seed=3, tracker=tracker, progress=True)
     metrics = ray.get(ray.remote(num_cpus=0)(run_with_test_task).remote(ctx))
     return ctx, metrics, sft_id
 

@@ -28,7 +28,6 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[StageContext, di
     pretrain = write_base_model(root / "pretrain", seq_len=128)
     pretrain_run = start_run(uri, experiment, "pretrain", {"z2h.stage": "pretrain"})
     base_id = pretrain_run.log_model("pretrain", pretrain / "model")
-    (pretrain / "manifest.json").write_text(json.dumps({"run_id": pretrain_run.run_id}))
     chats = write_jsonl(root / "chats.jsonl", openai_rows(60, seed=11), ("{broken",))
     cfg = SFTConfig(
         sources=[
@@ -49,7 +48,8 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[StageContext, di
     )
     upstream = {"pretrain": pretrain, "tokenizer": write_tokenizer(root / "tokenizer")}
     tracker = start_run(uri, experiment, "sft", {"z2h.stage": "sft"})
-    ctx = local_context("sft", cfg, root, upstream=upstream, seed=3, tracker=tracker, progress=True)
+    runs = {"pretrain": pretrain_run.run_id}
+    ctx = local_context("sft", cfg, root, upstream=upstream, upstream_runs=runs, seed=3, tracker=tracker, progress=True)
     metrics = ray.get(ray.remote(num_cpus=0)(stage.run).remote(ctx))
     return ctx, metrics, base_id
 

@@ -189,7 +189,7 @@ def run(ctx: StageContext) -> dict[str, float]:
     ctx.tracker.log_model(
         "rl",
         ctx.output_dir / "model",
-        base_model_id=upstream_model_id(ctx.tracker, ctx.upstream["sft"], ctx.logger),
+        base_model_id=upstream_model_id(ctx.tracker, ctx.upstream_output("sft"), ctx.logger),
         params={
             "task": {"name": cfg.task.name, "options": task.options()},
             "datasets": {d.name: d.digest for d in datasets},

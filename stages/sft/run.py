@@ -127,7 +127,7 @@ def run(ctx: StageContext) -> dict[str, float]:
     ctx.tracker.log_model(
         "sft",
         ctx.output_dir / "model",
-        base_model_id=upstream_model_id(ctx.tracker, ctx.upstream["pretrain"], ctx.logger),
+        base_model_id=upstream_model_id(ctx.tracker, ctx.upstream_output("pretrain"), ctx.logger),
         params={
             "config": cfg.model_dump(mode="json"),
             "seq_len": seq_len,
