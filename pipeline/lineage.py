@@ -35,7 +35,8 @@ DATASET_CONTEXT = "mlflow.data.context"
 _SQLITE_READY: set[str] = set()  # sqlite stores this process has seen initialised
 
 
-def _client(uri: str):
+def mlflow_client(uri: str):
+    """The MlflowClient every z2h module uses for `uri`: quiet, and safe on a fresh sqlite store."""
     from mlflow import MlflowClient
 
     # Schema creation on a fresh sqlite store is routine, not news.
@@ -100,7 +101,7 @@ class Tracker:
     @property
     def client(self):
         if self._client_cache is None:
-            self._client_cache = _client(self.tracking_uri)
+            self._client_cache = mlflow_client(self.tracking_uri)
         return self._client_cache
 
     # -- runs ---------------------------------------------------------------------
@@ -217,7 +218,7 @@ def check_tracking(uri: str) -> None:
 
 def experiment_id(uri: str, name: str, artifact_root: Path | None) -> str:
     """The experiment named after the pipeline, created on first use."""
-    client = _client(uri)
+    client = mlflow_client(uri)
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
@@ -238,7 +239,7 @@ def start_run(
     tags: Mapping[str, Any],
     parent_run_id: str | None = None,
 ) -> Tracker:
-    client = _client(uri)
+    client = mlflow_client(uri)
     all_tags = {str(k): str(v) for k, v in tags.items()}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id

@@ -176,7 +176,26 @@ def chat(**fields) -> dict:
 @pytest.mark.parametrize(
     ("path", "body", "status", "param", "code"),
     [
-        ("/v1/chat/completions", b'{"model": "x", "messages": [', 400, None, None),
+        ("/v1/chat/completions", b'{"model": "x", "messages": [', 400, None, "invalid_json"),
+        ("/v1/chat/completions", b'{"model": "x", "model": "y", "messages": []}', 400, None, "duplicate_key"),
+        ("/v1/chat/completions", b'{"model": "x\xff"}', 400, None, None),  # not UTF-8
+        ("/v1/chat/completions", {"\ud800": 1}, 400, None, "invalid_unicode"),
+        (
+            "/v1/chat/completions",
+            chat(messages=[{"role": "user", "content": "\ud800"}]),
+            400,
+            "messages",
+            "invalid_unicode",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(messages=[{"role": "user", "content": [{"type": "text", "text": "a\x00b"}]}]),
+            400,
+            "messages",
+            "nul_character",
+        ),
+        ("/v1/completions", {"model": MODEL, "prompt": ["a\udcff"]}, 400, "prompt", "invalid_unicode"),
+        ("/v1/completions", {"model": MODEL, "prompt": "a\x00b"}, 400, "prompt", "nul_character"),
         ("/v1/chat/completions", b"[1, 2]", 400, None, None),
         ("/v1/chat/completions", chat(model="gpt-4o"), 404, "model", "model_not_found"),
         ("/v1/chat/completions", chat(max_tokens=10_000), 400, "max_tokens", "context_length_exceeded"),
@@ -220,6 +239,16 @@ def test_the_openai_client_raises_the_matching_errors_and_the_server_keeps_servi
     with pytest.raises(openai.BadRequestError) as hot:
         ask(served, "hi", temperature=-1)
     assert hot.value.param == "temperature"
+    assert ask(served, "hi", max_tokens=2).usage.completion_tokens >= 1
+
+
+def test_text_that_is_not_unicode_and_repeated_keys_are_refused_and_the_server_keeps_serving(served):
+    surrogate = chat(messages=[{"role": "user", "content": "hi \ud800"}])
+    assert json.dumps(surrogate).count("\\ud800") == 1  # sent as JSON's escape, as a client may
+    repeated = b'{"model": "%s", "messages": [{"role": "user", "content": "a", "content": "b"}]}' % MODEL.encode()
+    for body, code in ((surrogate, "invalid_unicode"), (repeated, "duplicate_key")):
+        response = post(served, "/v1/chat/completions", body)
+        assert (response.status_code, response.json()["error"]["code"]) == (400, code)
     assert ask(served, "hi", max_tokens=2).usage.completion_tokens >= 1
 
 

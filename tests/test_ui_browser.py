@@ -87,7 +87,7 @@ def test_ui_shows_pipeline_stages_datasets_and_models(chromium_path, toy_registr
         "stages:\n  words: {count: 300}\n  count: {top: 3}\n  model: {dim: 4, heads: 2}\n"
     )
     lineage.check_tracking(uri)
-    lineage._client(uri).search_experiments()  # create the schema once, before two processes open it
+    lineage.mlflow_client(uri).search_experiments()  # create the schema once, before two processes open it
 
     # The UI comes up (~15-60 s here) while the pipeline runs.
     port = free_port()

@@ -32,6 +32,17 @@ def workdir(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def sft_loaded(workdir) -> Loaded:
+    from stages.common.model import load_pretrained
+    from stages.common.tokenizer import load
+
+    store = workdir / "store"
+    tokenizer = load(store / "tokenizer" / "tok0000000000000000a" / "tokenizer")
+    model = load_pretrained(store / "sft" / "sft0000000000000000c" / "model").eval()
+    return Loaded(model, tokenizer, "sft", "sft/test")
+
+
 class Terminal:
     """A child process on a pseudo-terminal: type into it, wait for what it prints."""
 
@@ -100,15 +111,11 @@ def test_chat_through_a_pseudo_terminal_answers_resets_and_leaves_on_ctrl_c(work
     assert "Traceback" not in session.seen
 
 
-def test_chat_loop_keeps_the_conversation_and_obeys_its_commands(workdir):
-    from stages.common.model import load_pretrained
-    from stages.common.tokenizer import load
-
-    store = workdir / "store"
-    tokenizer = load(store / "tokenizer" / "tok0000000000000000a" / "tokenizer")
-    model = load_pretrained(store / "sft" / "sft0000000000000000c" / "model").eval()
-    loaded = Loaded(model, tokenizer, "sft", "sft/test")
+def test_chat_loop_keeps_the_conversation_and_obeys_its_commands(sft_loaded):
     from stages.common.generate import Sampling
+
+    loaded = sft_loaded
+    model, tokenizer = loaded.model, loaded.tokenizer
 
     typed = iter(["first question", "second question", "/bogus", "/reset", "third", "/quit", "never read"])
     out = io.StringIO()
@@ -144,6 +151,29 @@ def test_chat_loop_keeps_the_conversation_and_obeys_its_commands(workdir):
     assert conversation.messages == kept
 
 
+def test_chat_refuses_a_line_that_is_not_text_and_carries_on(sft_loaded):
+    from stages.common.generate import Sampling
+
+    undecodable = UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+    typed = iter(["bad \udcff byte", "a\x00b", undecodable, "hello", "/quit"])
+
+    def read(prompt: str) -> str:
+        line = next(typed)
+        if isinstance(line, Exception):  # what input() raises when a strict terminal encoding meets bad bytes
+            raise line
+        return line
+
+    out = io.StringIO()
+    assert chat_loop(sft_loaded, Sampling(max_new_tokens=4), seed=0, read=read, out=out) == 0
+    text = out.getvalue()
+    assert "(invalid_unicode); nothing was sent" in text and "(nul_character); nothing was sent" in text
+    assert "[that line is not utf-8 text (invalid start byte); nothing was sent]" in text
+    assert text.count("model> ") == 1  # only "hello" was answered
+    conversation = Conversation(sft_loaded.tokenizer, seq_len=64, min_reply=8)
+    with pytest.raises(ValueError, match="invalid_unicode"):
+        conversation.prompt("\ud800")
+
+
 def test_streamed_text_never_splits_a_character():
     tokenizer = Tokenizer.from_ranks({bytes([b]): b for b in range(256)})
     stream = TextStream(tokenizer)
@@ -160,6 +190,19 @@ def test_sample_gives_reproducible_one_shot_completions(workdir, capsys):
     assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == first
     assert cli.main(["sample", "sft", "--workdir", str(workdir), "-p", "Hi", "--max-new-tokens", "4"]) == 0
     assert capsys.readouterr().out.startswith("you> Hi\nmodel> ")  # a chat model gets the chat template
+
+
+def test_sample_refuses_a_prompt_that_is_not_text_naming_it(workdir, capsys, monkeypatch):
+    argv = ["sample", "pretrain", "--workdir", str(workdir), "--max-new-tokens", "2", "--json"]
+    assert cli.main([*argv, "-p", "fine", "-p", "bad \udcff byte"]) == 2  # what surrogateescape makes of argv
+    assert "prompt 2 cannot be used as text: invalid_unicode" in capsys.readouterr().err
+    assert cli.main([*argv, "-p", "a\x00b"]) == 2
+    assert "prompt 1 cannot be used as text: nul_character" in capsys.readouterr().err
+    for errors, said in (("surrogateescape", "prompt 2 cannot be used as text"), ("strict", "stdin is not utf-8")):
+        stdin = io.TextIOWrapper(io.BytesIO(b"fine\nbad \xff byte\n"), encoding="utf-8", errors=errors)
+        monkeypatch.setattr(sys, "stdin", stdin)
+        assert cli.main(argv) == 2
+        assert said in capsys.readouterr().err
 
 
 def test_a_config_names_the_run_like_for_every_other_command(workdir, capsys, tmp_path, monkeypatch):

@@ -3,18 +3,21 @@
 Errors are `{"error": {"message", "type", "param", "code"}}` with a 4xx status, and `param` names the
 field at fault. Chat messages render through z2h's chat template; every text (messages and
 completion prompts) is encoded as ordinary text, so special-token strings a client sends stay text.
-Both the prompt and the reply must fit the model's context: nothing is cut silently.
+Both the prompt and the reply must fit the model's context: nothing is cut silently. A body is parsed
+strictly (a key given twice is refused: which value was meant is a guess) and every string in it must
+be usable text (no lone surrogates, which JSON's `\\ud800` escapes produce, and no NUL characters).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Literal
 
 from stages.common.chat import ConversationError, render_prompt
 from stages.common.prompts import text_prompt
+from stages.common.rows import BadRow, parse_json
+from stages.common.text import problem, problem_in
 from stages.common.tokenizer import Tokenizer
 from use.batching import Job
 
@@ -51,11 +54,20 @@ class Ask:
 
 def parse_body(raw: bytes) -> dict:
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+        body = parse_json(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, f"the request body is not UTF-8: {exc.reason} at byte {exc.start}") from None
+    if isinstance(body, BadRow):
+        raise ApiError(400, f"the request body is not valid JSON: {body.detail}", code=body.reason)
     if not isinstance(body, dict):
         raise ApiError(400, f"the request body must be a JSON object, not {type(body).__name__}")
+    for key, value in body.items():
+        key_reason = problem(key)
+        if key_reason:  # the key itself cannot be named in the answer
+            raise ApiError(400, "a key of the request body is not usable text", code=key_reason)
+        reason = problem_in(value)
+        if reason:
+            raise ApiError(400, f"{key} holds a string that is not usable text ({reason})", param=key, code=reason)
     return body
 
 

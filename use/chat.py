@@ -31,10 +31,15 @@ class Conversation:
     messages: list[dict[str, str]] = field(default_factory=list)
 
     def prompt(self, text: str) -> tuple[list[int], list[str]]:
-        """Ids for the conversation plus the user's new message, and notes on what was dropped or cut."""
+        """Ids for the conversation plus the user's new message, and notes on what was dropped or cut.
+        A ValueError says why the message cannot be sent."""
         from stages.common.chat import render_prompt
         from stages.common.prompts import TooLong, chat_prompt, fit_text
+        from stages.common.text import problem
 
+        reason = problem(text)  # undecodable terminal bytes arrive as lone surrogates, which tokenizing would mangle
+        if reason:
+            raise ValueError(f"this message cannot be used as text ({reason}); nothing was sent")
         notes = []
         room = self.seq_len - self.min_reply
         history = list(self.messages)
@@ -98,6 +103,10 @@ def chat_loop(
         except KeyboardInterrupt:
             out.write("\n")
             return 0
+        except UnicodeDecodeError as exc:  # a strict terminal encoding refused the line's bytes
+            out.write(f"[that line is not {exc.encoding} text ({exc.reason}); nothing was sent]\n")
+            out.flush()
+            continue
         command = text.strip()
         if not command:
             continue

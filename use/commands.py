@@ -94,11 +94,9 @@ def run_chat(args: argparse.Namespace) -> int:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    from use.sample import complete, write
+    from use.sample import complete, read_prompts, write
 
-    prompts = args.prompt or [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    if not prompts:
-        raise UsageError("no prompt: pass --prompt TEXT or write prompts to stdin, one per line")
+    prompts = read_prompts(args.prompt, sys.stdin)
     if args.num_samples < 1:
         raise UsageError("--num-samples must be >= 1")
     sampling = _sampling(args)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import UsageError
+from pipeline.lineage import mlflow_client, produced_model
 from pipeline.store import is_uri
 from stages.common.model_folder import MANIFEST, is_model_folder, read_manifest, recorded_tokenizer
 from stages.common.tokenizer import META_FILE
@@ -103,21 +104,11 @@ def _sqlite_missing(uri: str) -> bool:
     return uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file()
 
 
-def _client(uri: str):
-    import logging
-
-    from mlflow import MlflowClient
-
-    for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):  # schema chatter on a fresh store
-        logging.getLogger(name).setLevel(logging.WARNING)
-    return MlflowClient(tracking_uri=uri)
-
-
 def _recent_pipeline_runs(uri: str | None, limit: int = 5) -> list[str]:
     if not uri or _sqlite_missing(uri):
         return []
     try:
-        client = _client(uri)
+        client = mlflow_client(uri)
         ids = [e.experiment_id for e in client.search_experiments()]
         runs = client.search_runs(
             ids, "tags.`z2h.kind` = 'pipeline'", max_results=limit, order_by=["attributes.start_time DESC"]
@@ -140,7 +131,7 @@ def _from_run(run_id: str, place: Place) -> Found | None:
     uri = place.tracking_uri
     if not uri or _sqlite_missing(uri):
         return None
-    client = _client(uri)
+    client = mlflow_client(uri)
     try:
         run = client.get_run(run_id)
     except Exception:
@@ -172,8 +163,6 @@ def _from_stage_run(run, place: Place, client) -> Found:
         found = _from_entry(Entry(stage, entry.name, entry, 0.0))
         return Found(found.folder, found.tokenizer or tokenizer, stage, f"{stage}/{entry.name} (run {run.info.run_id})")
     # The store lost it: the producing run's LoggedModel holds the same files.
-    from pipeline.lineage import produced_model
-
     model = produced_model(client, run.info.experiment_id, tags.get("z2h.producer_run_id") or run.info.run_id)
     if model is None:
         where = f"no store entry at {entry}" if entry else f"run.store {place.store_uri} is not a local folder"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from pipeline.errors import UsageError
+from stages.common.text import problem
 from use.chat import PROMPT, REPLY
 from use.loading import Loaded
 
@@ -21,6 +22,23 @@ class Completion:
     prompt: str
     sample: int  # 0 .. num_samples-1 for each prompt
     text: str
+
+
+def read_prompts(given: list[str], stdin: TextIO) -> list[str]:
+    """The prompts to complete: those given on the command line, else one per non-blank line of stdin.
+    Bytes the locale cannot decode arrive as lone surrogates (surrogateescape) or fail the read; either
+    way, and for NUL characters, the prompt is refused before a model loads."""
+    try:
+        prompts = given or [line.rstrip("\n") for line in stdin if line.strip()]
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"stdin is not {exc.encoding} text ({exc.reason} at byte {exc.start})") from None
+    if not prompts:
+        raise UsageError("no prompt: pass --prompt TEXT or write prompts to stdin, one per line")
+    for number, prompt in enumerate(prompts, start=1):
+        reason = problem(prompt)
+        if reason:
+            raise UsageError(f"prompt {number} cannot be used as text: {reason}")
+    return prompts
 
 
 def complete(loaded: Loaded, prompts: list[str], num_samples: int, chat: bool, sampling, seed: int) -> list[Completion]:
