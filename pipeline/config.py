@@ -212,14 +212,18 @@ def validate(raw: Mapping[str, Any], registry: Mapping[str, Stage], sources: Ite
         if checked is not None:
             stages[name] = checked
     for name in stages:
-        for need in registry[name].needs:
+        # A need the stage's settings ask for (eval's models) is fixed there rather than by removing the stage.
+        by_settings = callable(registry[name].needs)
+        who = f"stages.{name}: its settings need" if by_settings else f"stages.{name}: needs"
+        for need in registry[name].needs_for(stages[name]):
+            fix = f"change stages.{name}" if by_settings else f"remove {name} too (stages.{name}: null)"
             if need in stages_raw and stages_raw[need] is None:
                 errors.append(
-                    f"stages.{name}: needs stage '{need}', which this config removes (stages.{need}: null); "
-                    f"remove {name} too (stages.{name}: null) or give {need} its settings"
+                    f"{who} stage '{need}', which this config removes (stages.{need}: null); "
+                    f"{fix} or give {need} its settings"
                 )
             elif need not in stages_raw:
-                errors.append(f"stages.{name}: needs stage '{need}', which this config does not define")
+                errors.append(f"{who} stage '{need}', which this config does not define")
     _raise(errors)
     config = PipelineConfig(run=run, cluster=cluster, stages=stages, sources=tuple(sources))
     for name, stage_config in stages.items():

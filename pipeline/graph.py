@@ -243,7 +243,7 @@ def topological_order(config: PipelineConfig, registry: Mapping[str, Stage]) -> 
         if name in visiting:
             raise UsageError(f"stages.{name}: dependency cycle through '{name}'")
         visiting.add(name)
-        for need in registry[name].needs:
+        for need in registry[name].needs_for(config.stages[name]):
             visit(need)
         visiting.discard(name)
         order.append(name)
@@ -275,7 +275,8 @@ def build_plan(
     for name in topological_order(config, registry):
         stage = registry[name]
         stage_config = config.stages[name]
-        upstream = {need: fingerprints[need] for need in stage.needs}
+        needs = stage.needs_for(stage_config)
+        upstream = {need: fingerprints[need] for need in needs}
         inputs = stage.inputs(stage_config) if stage.inputs else None
         fp = fingerprint(name, stage_config, code_hash(stage), upstream, config.run.seed, inputs)
         fingerprints[name] = fp
@@ -285,7 +286,7 @@ def build_plan(
                 stage=stage,
                 config=stage_config,
                 fingerprint=fp,
-                needs=stage.needs,
+                needs=needs,
                 resources=stage.resources(stage_config),
                 lookup=store.lookup(name, fp),
             )

@@ -124,7 +124,8 @@ class StageContext:
 class Stage:
     """A pipeline stage.
 
-    needs:         upstream stages whose outputs this stage reads (the DAG edges)
+    needs:         upstream stages whose outputs this stage reads (the DAG edges), or a function of the stage's
+                   config giving them (eval reads only the models its config names); read through `needs_for`
     config_model:  pydantic model for `stages.<name>` in the YAML
     resources:     config -> Resources
     run:           ctx -> metrics (flat dict of numbers); writes files to ctx.output_dir
@@ -141,7 +142,7 @@ class Stage:
     name: str
     config_model: type[StageConfig]
     run: Callable[[StageContext], Mapping[str, float]]
-    needs: tuple[str, ...] = ()
+    needs: tuple[str, ...] | Callable[[Any], tuple[str, ...]] = ()
     resources: Callable[[Any], Resources] = field(default=lambda cfg: Resources())
     headline: tuple[str, ...] = ()
     report: StageReport | None = None
@@ -150,6 +151,10 @@ class Stage:
     commands: Mapping[str, StageCommand] = field(default_factory=dict)
     description: str = ""
     summary: Callable[[Any, Any], str] | None = None
+
+    def needs_for(self, config: Any) -> tuple[str, ...]:
+        """The upstream stages this stage reads under its validated `config`."""
+        return tuple(self.needs(config)) if callable(self.needs) else self.needs
 
     def ordered(self, metrics: Mapping[str, float]) -> dict[str, float]:
         """`metrics` with the headline names first (those the stage returned), then the rest as given."""
