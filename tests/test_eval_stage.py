@@ -88,11 +88,13 @@ def test_rows_without_gold_are_counted_and_skipped(finished):
     assert sft["asdiv"]["source_skips"]["counts"]["not_a_number"] == 1  # "Mrs. Hilt" is no number
 
 
-def test_the_table_and_samples_are_logged(finished, upstream, tmp_path):
+def test_the_table_and_samples_are_logged(finished, upstream, tmp_path, monkeypatch):
     ctx, _ = finished
     # The stage ran in a Ray worker, with its own copy of the tracker: run it here to see the calls.
     tracker = RecordingTracker()
     workdir, up = upstream
+    for key, value in standin_env(workdir).items():  # trust the stand-in wheel here too
+        monkeypatch.setenv(key, value)
     here = local_context("eval", config(), tmp_path, upstream=up, seed=SEED, tracker=tracker, workdir=workdir)
     stage.run(here)
     assert {"eval/table.json", "eval/table.md", "eval/samples.json", "eval/table_view.json"} <= set(tracker.artifacts)
