@@ -60,7 +60,7 @@ def per_block(
     raw_bytes = tally.bytes["read.in"]
     rows.append(_row("read", tally.docs["read.in"], raw_bytes, time.perf_counter() - start))
     first_docs = len(docs)
-    for name, step in filter_blocks(cfg, tally, html=True, package_cache=package_cache):
+    for name, step in filter_blocks(cfg, tally, source, package_cache):
         size = sum(doc_bytes(d) for d in docs)
         start = time.perf_counter()
         out = list(step(iter(docs)))
@@ -123,7 +123,7 @@ def run_datatrove(
     mh = dt_config(cfg.minhash)
     # a fresh URL filter: the stage's per-process instance carries its parsed blocklists, far too big to ship
     fresh = {"url_filter": OfflineURLFilter(**cfg.url_filter.model_dump(exclude={"enabled"}))}
-    stock = filter_blocks(cfg, Tally(), html=True, package_cache=package_cache)
+    stock = filter_blocks(cfg, Tally(), source, package_cache)
     blocks = [fresh.get(name, step) for name, step in stock]
     phases = [
         (

@@ -9,12 +9,14 @@ import pytest
 from datatrove.data import Document
 
 from stages.common import packages
-from stages.data.config import DataConfig
+from stages.data.config import DataConfig, SourceConfig
 from stages.data.funnel import Tally
 from stages.data.recipe import filter_blocks, lid_model
 
 # Archives are downloaded once per machine into the default work dir, as the tiny pipeline test does.
 PACKAGES = packages.cache_dir(Path(__file__).resolve().parents[1] / ".z2h")
+CRAWL = SourceConfig(name="crawl", kind="warc", paths=["crawl.warc.gz"])
+TEXT = SourceConfig(name="text", kind="jsonl", paths=["docs.jsonl"])
 
 PROSE = (
     "The council approved the new budget on Tuesday after a long debate about the cost of repairing the old bridge. "
@@ -30,7 +32,7 @@ PROSE = (
 def run_block(name: str, docs: list[Document], **overrides) -> tuple[list[Document], Tally]:
     cfg = DataConfig(**overrides)
     tally = Tally()
-    step = dict(filter_blocks(cfg, tally, html=True, package_cache=PACKAGES))[name]
+    step = dict(filter_blocks(cfg, tally, CRAWL, PACKAGES))[name]
     return list(step(iter(docs))), tally
 
 
@@ -162,9 +164,17 @@ def test_every_block_can_be_switched_off():
     off = {"enabled": False}
     sections = ("url_filter", "extraction", "language", "gopher_repetition", "gopher_quality", "c4_quality")
     cfg = DataConfig(**{name: off for name in (*sections, "fineweb_quality")})
-    assert filter_blocks(cfg, Tally(), html=True, package_cache=PACKAGES) == []
-    names = [name for name, _ in filter_blocks(DataConfig(), Tally(), html=False, package_cache=PACKAGES)]
+    assert filter_blocks(cfg, Tally(), CRAWL, PACKAGES) == []
+    names = [name for name, _ in filter_blocks(DataConfig(), Tally(), TEXT, PACKAGES)]
     assert "extraction" not in names and names[0] == "url_filter"
+
+
+def test_sources_filtered_before_get_no_filter_but_html_is_still_extracted():
+    """FineWeb-Edu (`filters: dedup-only` or `none`) is not filtered again; a crawl still needs its text."""
+    for filters in ("dedup-only", "none"):
+        text, crawl = (s.model_copy(update={"filters": filters}) for s in (TEXT, CRAWL))
+        assert filter_blocks(DataConfig(), Tally(), text, PACKAGES) == []
+        assert [name for name, _ in filter_blocks(DataConfig(), Tally(), crawl, PACKAGES)] == ["extraction"]
 
 
 def test_fineweb_pins_are_the_defaults():

@@ -1,8 +1,10 @@
 """Rows of outside data, one at a time, with unusable rows named and counted rather than raised.
 
 Readers yield `(where, row)`: `row` is the parsed value or a `BadRow` naming why it cannot be used,
-`where` (file:line, or dataset[split]:index) locates it in the skip examples. Nothing inside a row
-stops a reader; a source that cannot be opened or read at all is a `SourceError` naming it.
+`where` (file:line for JSON lines, counted from 1; file:row for Parquet and Arrow, counted from 0)
+locates it in the skip examples. Nothing inside a row stops a reader; a source that cannot be opened or
+read at all is a `SourceError` naming it. Files may be local or any fsspec URI (`hf://`, `s3://`, ...);
+Parquet and Arrow files are read one record batch at a time, so memory stays flat however big the file.
 
 JSON is parsed strictly, because a lenient parse silently reinterprets the row:
   invalid_utf8    a line (or a parquet string) that is not UTF-8 (replacement would change its text)
@@ -13,10 +15,11 @@ JSON is parsed strictly, because a lenient parse silently reinterprets the row:
 from __future__ import annotations
 
 import json
+import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 RowStream = Iterator[tuple[str, Any]]
@@ -130,27 +133,115 @@ def files(path: Path, suffixes: tuple[str, ...]) -> list[Path]:
     raise SourceError(f"{path}: no such file or folder")
 
 
+BATCH_ROWS = 1024  # rows per Arrow record batch: a few MB of web text
+
+
+def _columnar(uri: str) -> bool:
+    return uri.endswith((".parquet", ".arrow"))
+
+
+def parquet_rows(handle: Any, keep: Collection[str] | None = None) -> Iterator[Any]:
+    """Rows of a Parquet file (an open binary file), one record batch in memory at a time; `keep`: read
+    only these columns (those the file has)."""
+    import pyarrow.parquet as pq
+
+    # pre_buffer (pyarrow's default) reads far ahead of the batch at hand: here it held the whole file
+    parquet = pq.ParquetFile(handle, pre_buffer=False)
+    names = parquet.schema_arrow.names
+    columns = None if keep is None else [name for name in names if name in keep]
+    yield from table_rows(parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns))
+
+
+def arrow_rows(handle: Any) -> Iterator[Any]:
+    """Rows of an Arrow IPC stream (the files `datasets` saves and caches), one record batch at a time."""
+    import pyarrow as pa
+
+    yield from table_rows(pa.ipc.open_stream(handle))
+
+
+def file_rows(uri: str, keep: Collection[str] | None = None) -> Iterator[tuple[int, Any]]:
+    """(position, value or BadRow) of every row of one data file, by its name: Parquet and Arrow (row
+    from 0), else JSON lines (line from 1; `.gz`, `.zst`, `.bz2` decompressed). Raises what opening or
+    reading raises (OSError, EOFError, zlib.error, pyarrow's errors)."""
+    import fsspec
+
+    with fsspec.open(uri, "rb", compression=None if _columnar(uri) else "infer") as handle:
+        if uri.endswith(".parquet"):
+            yield from enumerate(parquet_rows(handle, keep))
+        elif uri.endswith(".arrow"):
+            yield from enumerate(arrow_rows(handle))
+        else:
+            yield from jsonl_values(handle)
+
+
+def read_errors() -> tuple[type[BaseException], ...]:
+    """What reading a damaged or unreachable data file raises (pyarrow's errors are ArrowException)."""
+    import pyarrow as pa
+
+    return OSError, EOFError, zlib.error, ValueError, pa.ArrowException
+
+
+def read_files(uris: Sequence[str], keep: Collection[str] | None = None) -> RowStream:
+    """Rows of data files in order (`file_rows`); a file that cannot be read is a SourceError naming it."""
+    for uri in uris:
+        name = PurePosixPath(uri).name
+        try:
+            for position, value in file_rows(uri, keep):
+                yield f"{name}:{position}", value
+        except read_errors() as exc:
+            raise SourceError(f"{uri}: cannot be read ({type(exc).__name__}: {exc})") from exc
+
+
+def columns_of(uri: str) -> list[str] | None:
+    """The column names of a data file: a Parquet or Arrow schema, or the keys of the first JSON line
+    that is an object; None when the file shows none. Reads only the schema or the first lines."""
+    import fsspec
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with fsspec.open(uri, "rb", compression=None if _columnar(uri) else "infer") as handle:
+        if uri.endswith(".parquet"):
+            return list(pq.ParquetFile(handle).schema_arrow.names)
+        if uri.endswith(".arrow"):
+            return list(pa.ipc.open_stream(handle).schema.names)
+        for _, value in jsonl_values(handle):
+            return list(value) if isinstance(value, dict) else None
+    return None
+
+
+def require_columns(uri: str, wanted: Iterable[str], where: str) -> None:
+    """SourceError("<where>: no column 'x' in FILE (columns: ...)") unless the file has every wanted column.
+    A file that cannot be read is left to its reader, which names it (or goes on without it)."""
+    try:
+        names = columns_of(uri)
+    except read_errors():
+        return
+    missing = [column for column in wanted if names is not None and column not in names]
+    if missing:
+        shown = ", ".join(names or [])
+        raise SourceError(f"{where}: no column {missing[0]!r} in {PurePosixPath(uri).name} (columns: {shown})")
+
+
 def read_jsonl(path: Path, suffixes: tuple[str, ...] = (".jsonl",)) -> RowStream:
     """Rows of a JSONL file, or of every such file below a folder."""
-    for file in files(path, suffixes):
-        try:
-            with file.open("rb") as lines:
-                for number, value in jsonl_values(lines):
-                    yield f"{file.name}:{number}", value
-        except OSError as exc:
-            raise SourceError(f"{file}: cannot be read ({exc})") from exc
+    return read_files([str(file) for file in files(path, suffixes)])
 
 
-def read_hf(dataset: str, split: str, config: str | None = None, data_files: Any = None) -> RowStream:
-    """Rows of a Hugging Face dataset: a hub name (online), a local `save_to_disk` folder, or a
-    builder such as `json` with `data_files` (offline)."""
-    import datasets
+def read_parquet(path: Path) -> RowStream:
+    """Rows of a Parquet file, or of every one below a folder."""
+    return read_files([str(file) for file in files(path, (".parquet",))])
 
-    local = Path(dataset)
-    if (local / "dataset_dict.json").is_file() or (local / "state.json").is_file():
-        loaded = datasets.load_from_disk(str(local))
-        loaded = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
-    else:
-        loaded = datasets.load_dataset(dataset, config, split=split, data_files=data_files)
-    for index, row in enumerate(loaded):
-        yield f"{dataset}[{split}]:{index}", row
+
+def read_hf(
+    dataset: str, split: str, config: str | None = None, data_files: Any = None, columns: Iterable[str] = ()
+) -> RowStream:
+    """Rows of one split of a dataset (`stages.common.hub`: a Hub name, a local folder in the Hub layout,
+    a `save_to_disk` folder, or a builder such as `json` with `data_files`), streamed file by file. The
+    first file must have every one of `columns`: a missing one is a SourceError before any row is read."""
+    from stages.common import hub
+
+    found = hub.data_files(dataset, config, split, data_files)
+    wanted = list(columns)
+    if wanted:
+        require_columns(found[0], wanted, hub.describe(dataset, config, split))
+    return read_files(found)

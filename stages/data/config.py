@@ -30,19 +30,57 @@ class SamplesConfig(_Section):
     warc_files: int = Field(4, ge=1)
 
 
+class TakeConfig(_Section):
+    """Which of a source's files to read, in listing order: from `start`, every `every`-th, at most `count`.
+    A slice that reaches past the files there are is an error naming the listing and its length."""
+
+    start: int = Field(0, ge=0, description="files skipped at the start of the listing")
+    every: int = Field(1, ge=1, description="then every k-th file (1: each one)")
+    count: int | None = Field(None, ge=1, description="at most this many files (None: to the end)")
+
+    def describe(self) -> str:
+        return f"take start={self.start} every={self.every} count={self.count}"
+
+
 class SourceConfig(_Section):
-    """One input. `name` is kept as each document's `source`."""
+    """One input. `name` is kept as each document's `source`.
+
+    Files come from `paths` (files, folders, globs, URIs), from a CommonCrawl-style `listing`
+    (`warc.paths.gz`: one path a line, under `base_url`) or a `crawl` name (its listing under `base_url`),
+    or, for `hf`, from a dataset's config and split (`stages.common.hub`); `take` slices them. Tasks get
+    whole files (round robin), never parts of a dataset streamed by every task.
+    """
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     kind: SourceKind
     paths: list[str] = Field(default_factory=list, description="files, folders or globs; local or fsspec URIs")
-    dataset: str | None = Field(None, description="hf: dataset name on the Hub or a local path")
-    subset: str | None = None
+    listing: str | None = Field(
+        None,
+        description="warc/wet: a listing file or URI (e.g. s3://commoncrawl/crawl-data/CC-MAIN-2024-18/warc.paths.gz)",
+    )
+    crawl: str | None = Field(
+        None,
+        pattern=r"^CC-MAIN-\d{4}-\d{2}$",
+        description="warc/wet: a CommonCrawl crawl; reads <base_url>crawl-data/<crawl>/warc.paths.gz (wet.paths.gz)",
+    )
+    base_url: str = Field(
+        "https://data.commoncrawl.org/", description="where a listing's relative paths (and a crawl's listing) live"
+    )
+    take: TakeConfig = Field(default_factory=TakeConfig)
+    dataset: str | None = Field(None, description="hf: dataset name on the Hub, or a local folder in the Hub's layout")
+    subset: str | None = Field(None, description="hf: the dataset's config, e.g. sample-10BT (None: its default)")
     split: str = "train"
     text_key: str = "text"
     id_key: str = "id"
     url_key: str = "url"
-    limit: int | None = Field(None, ge=1, description="hf: read at most this many rows")
+    limit: int | None = Field(
+        None, ge=1, description="jsonl/parquet/hf: read at most this many rows in all, shared evenly by the tasks"
+    )
+    filters: Literal["all", "dedup-only", "none"] = Field(
+        "all",
+        description="all: the FineWeb recipe; dedup-only: MinHash (and exact) dedup only, for text filtered "
+        "before (FineWeb, FineWeb-Edu); none: documents pass as read",
+    )
     allow_partial: bool = Field(
         False,
         description="go on without files that cannot be read, whole or past some point (named in stats.json, "
@@ -52,9 +90,15 @@ class SourceConfig(_Section):
 
     @model_validator(mode="after")
     def _needs_input(self) -> SourceConfig:
+        crawled = self.kind in ("warc", "wet")
         if self.kind == "hf" and not self.dataset:
             raise ValueError("kind 'hf' needs `dataset` (a Hub name or a local path)")
-        if self.kind in ("warc", "wet", "jsonl", "parquet") and not self.paths:
+        if (self.listing or self.crawl) and not crawled:
+            raise ValueError(f"`listing` and `crawl` are for kinds warc and wet, not {self.kind!r}")
+        given = [key for key in ("paths", "listing", "crawl") if getattr(self, key)]
+        if crawled and len(given) != 1:
+            raise ValueError(f"kind {self.kind!r} needs exactly one of `paths`, `listing` or `crawl` (got {given})")
+        if self.kind in ("jsonl", "parquet") and not self.paths:
             raise ValueError(f"kind {self.kind!r} needs at least one entry in `paths`")
         return self
 

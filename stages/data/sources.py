@@ -1,5 +1,12 @@
 """Expands configured sources into files, splits them into per-task shards, and names the local
-input files for the fingerprint."""
+input files for the fingerprint.
+
+A source's files come from its paths, its listing (`stages.data.listing`) or its dataset's config and
+split (`stages.common.hub`), sliced by `take`; a listing or dataset that cannot be resolved or sliced, or
+whose first file lacks the text column, is a SourceError naming the source, the key and the reason,
+raised before any task runs (local ones when the run is planned, as a config error). Tasks get whole
+files, round robin: every row is read by exactly one task, whether or not the files divide evenly.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,11 @@ from pathlib import Path
 
 import fsspec
 
+from pipeline.errors import UsageError
+from stages.common import hub
+from stages.common.rows import SourceError, require_columns
 from stages.data.config import DataConfig, SourceConfig
+from stages.data.listing import listed_files, listing_uri, take
 from stages.data.readers import Shard
 
 EXTENSIONS = {
@@ -59,22 +70,42 @@ def expand(source: SourceConfig) -> tuple[list[str], list[Unreadable]]:
     return files, problems
 
 
-def plan_shards(cfg: DataConfig, resolved: list[SourceConfig]) -> tuple[list[Shard], list[Unreadable]]:
-    """Splits `cfg.tasks` over the sources in proportion to their files (a dataset counts as `tasks` files).
+def source_files(source: SourceConfig) -> tuple[list[str], list[Unreadable]]:
+    """The source's files in order, sliced by `take`. Paths that cannot be listed come back as Unreadable
+    (`allow_partial` may let the stage go on without them); a listing or dataset that cannot be resolved
+    or sliced, or a text column the first file lacks, is a SourceError("source NAME: ...")."""
+    problems: list[Unreadable] = []
+    try:
+        if source.kind == "hf":
+            dataset, subset, split = source.dataset or "", source.subset, source.split
+            files, what = hub.data_files(dataset, subset, split), hub.describe(dataset, subset, split)
+        elif source.listing or source.crawl:
+            files, what = listed_files(source), f"listing {listing_uri(source)}"
+        else:
+            (files, problems), what = expand(source), "its paths"
+        if files:
+            files = take(files, source.take, what)
+            if source.kind in ("hf", "parquet"):
+                require_columns(files[0], [source.text_key], f"{what} (text_key)")
+    except SourceError as exc:
+        raise SourceError(f"source {source.name}: {exc}") from None
+    return files, problems
 
-    Every source gets at least one task, so the shard count can exceed `cfg.tasks` slightly.
+
+def plan_shards(cfg: DataConfig, resolved: list[SourceConfig]) -> tuple[list[Shard], list[Unreadable]]:
+    """Splits `cfg.tasks` over the sources in proportion to their files; each task reads whole files.
+
+    Every source gets at least one task, so the shard count can exceed `cfg.tasks` slightly; a source
+    gets at most one task per file.
     """
     listed: list[tuple[SourceConfig, list[str]]] = []
     problems: list[Unreadable] = []
     for source in resolved:
-        if source.kind == "hf":
-            listed.append((source, []))
-            continue
-        files, bad = expand(source)
+        files, bad = source_files(source)
         problems.extend(bad)
         if files:
             listed.append((source, files))
-    weights = [len(files) or cfg.tasks for _, files in listed]
+    weights = [len(files) for _, files in listed]
     total = sum(weights) or 1
     shards: list[Shard] = []
     for (source, files), weight in zip(listed, weights, strict=True):
@@ -112,20 +143,32 @@ def _identity(path: str) -> str:
     return f"size:{info.st_size},mtime_ns:{info.st_mtime_ns}"
 
 
+def _local_inputs(source: SourceConfig) -> tuple[list[str], list[Unreadable]]:
+    """The local files a source reads. A local listing or dataset folder is resolved (and sliced) as the
+    stage will resolve it, so what cannot be is a config error now, before anything runs."""
+    resolved = source.kind == "hf" or bool(source.listing or source.crawl)
+    if not resolved:
+        return expand(source.model_copy(update={"paths": [p for p in source.paths if _local(p)]}))
+    if not (Path(source.dataset or "").is_dir() if source.kind == "hf" else _local(listing_uri(source))):
+        return [], []  # on the Hub or another remote store: resolved when the stage runs
+    try:
+        files, _ = source_files(source)
+    except SourceError as exc:
+        raise UsageError(str(exc)) from None
+    listing = [] if source.kind == "hf" else [listing_uri(source)]
+    return [*listing, *(path for path in files if _local(path))], []
+
+
 def input_identities(cfg: DataConfig) -> dict[str, str]:
     """`<source>:<file>` -> identity of every local input file, for the stage's fingerprint: an edited
-    input is read again instead of served from the cache. Remote files (s3://, hf://, Hub datasets)
-    are not listed; the sample corpus is built from pinned archives, the config and the seed."""
+    input is read again instead of served from the cache. Remote files (s3://, hf://, Hub datasets,
+    remote listings) are not listed; the sample corpus is built from pinned archives, the config and
+    the seed."""
     identities: dict[str, str] = {}
     for source in cfg.sources:
         if source.kind == "samples":
             continue
-        if source.kind == "hf":
-            folder = Path(source.dataset or "")
-            files = [str(p) for p in sorted(folder.rglob("*")) if p.is_file()] if folder.is_dir() else []
-            problems: list[Unreadable] = []
-        else:
-            files, problems = expand(source.model_copy(update={"paths": [p for p in source.paths if _local(p)]}))
+        files, problems = _local_inputs(source)
         for path in files:
             try:
                 identities[f"{source.name}:{path}"] = _identity(path)

@@ -39,7 +39,6 @@ from stages.data.readers import Shard, open_source
 # datatrove logs per document (timeouts, "no .remove file"); every such event lands in a tally instead.
 logger.disable("datatrove")
 
-HTML_KINDS = ("samples", "warc")
 EXTRACTION_PROBLEMS = ("timeout", "broken_process", "clean_error")
 
 
@@ -67,7 +66,7 @@ def filter_shard(shard: Shard, cfg: DataConfig, scratch: Path, world: int, packa
     from datatrove.pipeline.dedup import MinhashDedupSignature
     from datatrove.pipeline.writers import JsonlWriter
 
-    from stages.data.recipe import filter_blocks
+    from stages.data.recipe import deduplicated, filter_blocks
 
     marker = _marker(scratch, "filter", shard.rank)
     if (done := _done(marker)) is not None:
@@ -75,14 +74,15 @@ def filter_shard(shard: Shard, cfg: DataConfig, scratch: Path, world: int, packa
     rank = shard.rank
     tally = Tally(sample_cap=cfg.removed_samples)
     data = open_source(shard, tally, cfg.max_page_bytes)
-    blocks = filter_blocks(cfg, tally, html=shard.source.kind in HTML_KINDS, package_cache=package_cache)
+    blocks = filter_blocks(cfg, tally, shard.source, package_cache)
     for name, step in blocks:
         tally.block(name)
         data = meter(step(meter(data, tally, f"{name}.in"), rank, world), tally, f"{name}.out")
     data = JsonlWriter(str(scratch / "filtered"), output_filename=f"{rank:05d}.jsonl.gz")(data, rank, world)
-    if cfg.exact_dedup.enabled:
+    dedup = deduplicated(shard.source)
+    if cfg.exact_dedup.enabled and dedup:
         data = text_hashes(data, scratch / "exact" / "hashes" / f"{rank:05d}.npy")
-    if cfg.minhash.enabled:
+    if cfg.minhash.enabled and dedup:
         MinhashDedupSignature(str(scratch / "minhash" / "sigs"), config=dt_config(cfg.minhash)).run(data, rank, world)
     else:
         deque(data, maxlen=0)
