@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hub_support import write_hub_repo
 from sft_tiny import openai_rows, tokenizer, write_jsonl
 
 from stages.common.chat import render
@@ -208,3 +209,40 @@ def test_a_damaged_parquet_file_is_a_source_error_naming_it_a_bad_string_a_count
     skips = Skips()
     examples, _ = load_examples(source, tokenizer(), 257, "drop", 0, tmp_path, skips)
     assert [e.messages[0]["content"] for e in examples] == ["q1", "q3"] and dict(skips.counts) == {"invalid_utf8": 1}
+
+
+def smoltalk_repo(root: Path, rows: list[dict]) -> Path:
+    """HuggingFaceTB/smoltalk's layout: config `all` is `data/all/<split>-*.parquet` (README metadata)."""
+    files = {
+        "data/all/train-00000-of-00002.parquet": rows[: len(rows) // 2],
+        "data/all/train-00001-of-00002.parquet": rows[len(rows) // 2 :],
+        "data/all/test-00000-of-00001.parquet": rows[:1],
+    }
+    return write_hub_repo(root, files, {"all": {"train": "data/all/train-*", "test": "data/all/test-*"}})
+
+
+def test_a_conversation_dataset_by_config_and_split_in_the_hub_layout(tmp_path: Path):
+    rows = [{**row, "source": "smol-magpie"} for row in openai_rows(8)]
+    repo = smoltalk_repo(tmp_path / "smoltalk", rows)
+    source = SourceConfig(name="smol", kind="hf", dataset=str(repo), subset="all", limit=5)
+    examples, _ = load_examples(source, tokenizer(), 257, "drop", 0, tmp_path, Skips())
+    assert [e.messages for e in examples] == [r["messages"] for r in rows[:5]]  # streamed in file order
+
+
+def test_conversation_dataset_problems_name_the_source_and_key(tmp_path: Path):
+    repo = smoltalk_repo(tmp_path / "smoltalk", openai_rows(4))
+    cases = [
+        ({"subset": "everyday"}, r"^source 'smol': dataset '.*smoltalk' config 'everyday' split 'train': .*not found"),
+        ({"subset": "all", "split": "validation"}, r"split 'validation': no such split \(it has: test, train\)"),
+        ({"subset": "all", "format": "sharegpt"}, r"no column 'conversations' in train-00000-of-00002.parquet"),
+    ]
+    for fields, match in cases:
+        source = SourceConfig(name="smol", kind="hf", dataset=str(repo), **fields)
+        with pytest.raises(SourceError, match=match) as raised:
+            load_examples(source, tokenizer(), 257, "drop", 0, tmp_path, Skips())
+        assert "\n" not in str(raised.value)
+    # rows that are all unusable: the stage stops before training, naming the source and the reasons
+    unusable = write_hub_repo(tmp_path / "bad", {"data/train-00000-of-00001.parquet": [{"text": "no chat"}] * 3})
+    cfg = SFTConfig(sources=[{"name": "bad", "kind": "hf", "dataset": str(unusable)}])
+    with pytest.raises(SourceError, match=r"^sft source 'bad' \(.*bad\): no usable conversation \(unknown_format 3\)"):
+        prepare(cfg, tokenizer(), 128, 0, tmp_path, logging.getLogger("test"))

@@ -12,6 +12,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
+from hub_support import write_hub_repo
 
 from stages.common import packages, tasks
 from stages.common.tasks.countdown import InvalidExpression, check, evaluate
@@ -342,3 +343,22 @@ def test_paired_difference_and_its_standard_error():
     # per-problem differences 1, 0, 0, 0: mean 0.25, sample sd 0.5, se 0.25
     assert stats["difference"] == pytest.approx(0.25) and stats["difference_se"] == pytest.approx(0.25)
     assert stats["before"] == 0.5 and stats["after"] == 0.75 and stats["n"] == 4
+
+
+def test_gsm8k_by_config_and_split_in_the_hub_layout(tmp_path):
+    """openai/gsm8k's layout: config `main` is `main/<split>-00000-of-00001.parquet` (README metadata)."""
+    files = {"main/train-00000-of-00001.parquet": GOOD[:40], "main/test-00000-of-00001.parquet": GOOD[40:50]}
+    files["socratic/train-00000-of-00001.parquet"] = GOOD[50:60]  # another config: not read
+    repo = write_hub_repo(tmp_path / "gsm8k", files, {"main": {"train": "main/train-*", "test": "main/test-*"}})
+    task = tasks.get("gsm8k", dataset=str(repo), config="main", heldout_split="test")
+    assert len(task.problems("train")) == 40 and len(task.problems("heldout")) == 10
+    assert task.source() == str(repo.resolve())
+
+    for options, match in (
+        ({"config": "socratic"}, r"^gsm8k: dataset '.*gsm8k' config 'socratic' split 'train': .*not found"),
+        ({"config": "main", "question_field": "problem"}, r"no column 'problem' in train-00000-of-00001.parquet"),
+        ({"config": "main", "heldout_split": "validation"}, r"split 'validation': no such split \(it has: test"),
+    ):
+        with pytest.raises(tasks.SourceError, match=match):
+            task = tasks.get("gsm8k", dataset=str(repo), **options)
+            task.problems("heldout")

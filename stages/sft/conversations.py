@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stages.common import packages
+from stages.common import hub, packages
 from stages.common.chat import ConversationError, Rendered, Truncation, render
 from stages.common.rows import BadRow, RowStream, Skips
 from stages.common.tasks import ArithTask
@@ -39,8 +39,7 @@ def source_uri(source: SourceConfig) -> str:
     if source.path:
         return str(Path(source.path).resolve())
     if source.kind == "hf":
-        local = Path(source.dataset or "")
-        return str(local.resolve()) if local.exists() else f"https://huggingface.co/datasets/{source.dataset}"
+        return hub.source_uri(source.dataset or "", source.subset, source.split)
     return packages.SHAREGPT.url
 
 

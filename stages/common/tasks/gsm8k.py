@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from stages.common import packages, text
+from stages.common import hub, packages, text
 from stages.common.rows import BadRow, RowStream, SourceError, jsonl_values, read_hf, read_jsonl
 from stages.common.tasks.answers import parse_number, same_number
 from stages.common.tasks.base import Problem, Split, Task, check_split, heldout_by_hash
@@ -134,8 +134,10 @@ class DatasetTask(Task):
 class GSM8KTask(DatasetTask):
     """GSM8K-format rows from `path` (JSONL file or folder) or a Hugging Face `dataset`.
 
-    Hugging Face: `dataset` is a hub name (e.g. `openai/gsm8k` with `config: main`, online), a local
-    `save_to_disk` folder, or a builder such as `json` with `data_files` (offline). `train_split` /
+    Hugging Face (`stages.common.hub`): `dataset` is a hub name (e.g. `openai/gsm8k` with `config: main`
+    and `heldout_split: test`, online), a local folder in the Hub's layout or a `save_to_disk` folder, or
+    a builder such as `json` with `data_files` (offline); its files are streamed, and a missing config,
+    split or question/answer column is a SourceError before any row is read. `train_split` /
     `heldout_split` name its splits; without `heldout_split` the train split is divided by hash."""
 
     name = "gsm8k"
@@ -167,8 +169,7 @@ class GSM8KTask(DatasetTask):
     def source(self) -> str:
         if self.path:
             return str(Path(self.path).resolve())
-        local = Path(self.dataset or "")
-        return str(local.resolve()) if local.exists() else f"https://huggingface.co/datasets/{self.dataset}"
+        return hub.source_uri(self.dataset or "", self.config)
 
     def named_splits(self) -> bool:
         return self.dataset is not None and self.heldout_split is not None
@@ -177,7 +178,11 @@ class GSM8KTask(DatasetTask):
         if self.path:
             return read_jsonl(Path(self.path))
         hf_split = self.heldout_split if split == "heldout" else self.train_split
-        return read_hf(self.dataset or "", hf_split or "train", self.config, self.data_files)
+        columns = (self.question_field, self.answer_field)
+        try:
+            return read_hf(self.dataset or "", hf_split or "train", self.config, self.data_files, columns)
+        except SourceError as exc:
+            raise SourceError(f"{self.name}: {exc}") from None
 
     def convert(self, row: dict[str, Any]) -> tuple[str, str, str] | BadRow:
         question, answer = row.get(self.question_field), row.get(self.answer_field)
