@@ -1,7 +1,8 @@
 """Data stage benchmark: throughput per block and for the whole stage, orchestration cost against
-datatrove's own LocalPipelineExecutor on the same input, and MinHash cost at three corpus sizes.
+datatrove's own LocalPipelineExecutor on the same input, and MinHash cost at a few corpus sizes.
 
-    python bench/data.py [--workdir .z2h] [--workers 2] [--tasks 4]
+    python bench/data.py [--workdir .z2h] [--workers 2] [--tasks 4] [--scale 1] [--minhash-sizes 250 1000 4000]
+    python bench/data.py --scale 0.1 --tasks 2 --workers 1 --minhash-sizes 100   # smallest (CI smoke test)
 
 Prints human-readable lines, then one JSON line last.
 """
@@ -14,23 +15,20 @@ import os
 import random
 import shutil
 import string
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from datatrove.data import Document
+from datatrove.pipeline.base import PipelineStep
 
-from datatrove.data import Document  # noqa: E402
-from datatrove.pipeline.base import PipelineStep  # noqa: E402
-
-from stages.common.packages import cache_dir  # noqa: E402
-from stages.data.config import DataConfig, SamplesConfig, SourceConfig  # noqa: E402
-from stages.data.funnel import Tally, doc_bytes  # noqa: E402
-from stages.data.readers import Shard, open_source  # noqa: E402
+from stages.common.packages import cache_dir
+from stages.data.config import DataConfig, SamplesConfig, SourceConfig
+from stages.data.funnel import Tally, doc_bytes
+from stages.data.readers import Shard, open_source
 
 SAMPLES = {"news_pages": 30, "bbc_articles": 100, "wikipedia": 120, "shakespeare_scenes": 12, "warc_files": 4}
-MINHASH_SIZES = (250, 1000, 4000)
+MINHASH_SIZES = [250, 1000, 4000]
 
 
 class ShardReader(PipelineStep):
@@ -148,7 +146,7 @@ def run_datatrove(
     return time.perf_counter() - start
 
 
-def minhash_scaling(cfg: DataConfig) -> list[dict]:
+def minhash_scaling(cfg: DataConfig, sizes: list[int]) -> list[dict]:
     """MinHash stages 1-3 in one process on synthetic 300-word documents (~10% near-duplicates)."""
     from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupSignature
 
@@ -158,7 +156,7 @@ def minhash_scaling(cfg: DataConfig) -> list[dict]:
     rng = random.Random(0)
     vocab = ["".join(rng.choices(string.ascii_lowercase, k=6)) for _ in range(20000)]
     rows = []
-    for size in MINHASH_SIZES:
+    for size in sizes:
         texts = [[rng.choice(vocab) for _ in range(300)] for _ in range(size)]
         for i in range(0, size, 10):  # plant near-duplicates
             texts[i] = [*texts[i - 1][:-3], *rng.choices(vocab, k=3)] if i else texts[i]
@@ -190,6 +188,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path(".z2h"), help="holds the cached sample corpus")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--tasks", type=int, default=4)
+    parser.add_argument("--scale", type=float, default=1.0, help="share of the sample corpus's documents used")
+    parser.add_argument("--minhash-sizes", type=int, nargs="+", default=MINHASH_SIZES, help="synthetic corpus sizes")
     args = parser.parse_args()
     from loguru import logger
 
@@ -197,7 +197,8 @@ def main() -> None:
     from stages.data.run import resolve_sources
     from stages.data.sources import expand
 
-    cfg = DataConfig(samples=SamplesConfig(**SAMPLES), tasks=args.tasks, workers=args.workers)
+    samples = {k: v if k == "warc_files" else max(1, round(v * args.scale)) for k, v in SAMPLES.items()}
+    cfg = DataConfig(samples=SamplesConfig(**samples), tasks=args.tasks, workers=args.workers)
     source = resolve_sources(cfg, args.workdir, 1337)[0]
     files, _ = expand(source)
     root = Path(tempfile.mkdtemp(prefix="z2h-bench-data-"))
@@ -209,7 +210,7 @@ def main() -> None:
         datatrove_s = run_datatrove(cfg, source, files, root / "datatrove", args.tasks, cache_dir(args.workdir))
         cores = args.workers
         print(f"stage on Ray: {stage_s:.1f}s; datatrove LocalPipelineExecutor: {datatrove_s:.1f}s ({cores} workers)")
-        scaling = minhash_scaling(cfg)
+        scaling = minhash_scaling(cfg, args.minhash_sizes)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     result = {

@@ -24,7 +24,10 @@ Both runs use a snapshot of the source taken at the start (`<workdir>/src`, firs
 a fingerprint hashes the stage's code, so an edit in a shared checkout between the two runs
 would otherwise make run 2 rebuild. Prints a table to stderr and a JSON line last.
 
-    python bench/pipeline.py [--config configs/tiny.yaml] [--until sft] [--set KEY=VALUE ...]
+    python bench/full_run.py [--config configs/tiny.yaml] [--until sft] [--set KEY=VALUE ...]
+
+Its smallest run (the CI smoke test, tests/test_bench_smoke.py) is `--until tokenizer` with the
+`--set` overrides that shrink the sample corpus.
 """
 
 from __future__ import annotations
@@ -38,13 +41,11 @@ import sys
 import tempfile
 import threading
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-# Run as a script, this file's folder comes first on sys.path and this module would shadow the
-# `pipeline` package it measures.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 TARGET_SECONDS = 600  # the tiny pipeline on this 2-core machine
 CACHED_TARGET_SECONDS = 60  # "in seconds": Ray start-up dominates
 
@@ -53,13 +54,16 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-SOURCES = ("pipeline", "stages", "cluster", "configs")
+def sources() -> list[str]:
+    """The packages the distribution ships (pyproject's `include` patterns), and the configs."""
+    found = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    return [pattern.rstrip("*") for pattern in found["include"]] + ["configs"]
 
 
 def snapshot(target: Path) -> Path:
     """The importable source as it is now (see the module docstring)."""
     target.mkdir(parents=True)
-    for name in SOURCES:
+    for name in sources():
         shutil.copytree(REPO / name, target / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return target
 
@@ -174,11 +178,11 @@ def before_first_step(uri: str, run: Any) -> float | None:
 
 def analyse(uri: str, store_root: Path, wall: float, spawn: float) -> dict[str, Any]:
     """Split run 1's wall time (see the module docstring). `spawn` is the epoch time the process started."""
-    from pipeline.store import Store
+    from pipeline.store import LocalStore
 
     parent = pipeline_runs(uri)[-1]
     runs = stage_runs(uri, parent)
-    store = Store(store_root)
+    store = LocalStore(store_root)
     stages: dict[str, dict[str, Any]] = {}
     gaps, previous_end = 0.0, parent.info.start_time
     for run in runs:
@@ -229,10 +233,10 @@ def main() -> int:
     parser.add_argument("--echo", action="store_true", help="show z2h's output while it runs")
     args = parser.parse_args()
 
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="z2h-bench-pipeline-"))
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="z2h-bench-full-run-"))
     workdir.mkdir(parents=True, exist_ok=True)
     if any(workdir.iterdir()):
-        log(f"bench/pipeline.py: {workdir} is not empty; a cold start needs an empty work dir")
+        log(f"bench/full_run.py: {workdir} is not empty; a cold start needs an empty work dir")
         return 2
     packages = REPO / ".z2h" / "cache" / "packages"
     packages.mkdir(parents=True, exist_ok=True)
@@ -248,13 +252,13 @@ def main() -> int:
     run_args += ["--until", args.until] if args.until else []
     log_file = workdir / "bench.log"
     load_before = os.getloadavg()[0]
-    log(f"bench/pipeline.py: cold run in {workdir} (log: {log_file}); load average {load_before:.1f}")
+    log(f"bench/full_run.py: cold run in {workdir} (log: {log_file}); load average {load_before:.1f}")
 
     spawn = time.time()
     wall1, lines1, code1, cpu1 = z2h_run(run_args, log_file, args.echo, source)
     if code1 != 0:
         log("\n".join(line for _, line in lines1[-40:]))
-        log(f"bench/pipeline.py: the cold run failed (exit {code1}); log: {log_file}")
+        log(f"bench/full_run.py: the cold run failed (exit {code1}); log: {log_file}")
         return 1
     cold = analyse(uri, workdir / "store", wall1, spawn)
     log(f"  cold run: {wall1:.1f} s; now the same command again")
@@ -265,9 +269,10 @@ def main() -> int:
     all_hits = code2 == 0 and bool(hits) and all(hits) and len(runs2) == len(cold["stages"])
 
     from pipeline import report_card
-    from pipeline.store import Store
+    from pipeline.store import LocalStore
 
-    card = report_card.write(uri, cold["parent"].info.run_id, workdir / "bench-report", store=Store(workdir / "store"))
+    store = LocalStore(workdir / "store")
+    card = report_card.write(uri, cold["parent"].info.run_id, workdir / "bench-report", store=store)
     imports = import_seconds()
     load_after = os.getloadavg()[0]
 

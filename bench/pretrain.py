@@ -6,8 +6,13 @@ the single worker. Data: random tokens (throughput does not depend on what they 
     python bench/pretrain.py [--steps 8] [--rounds 2] [--meshes tp2,pp2,dp2,pp2xtp2]
     torchrun --nproc-per-node 8 bench/pretrain.py --model gpt2 --device cuda --bf16 --dp 2 --tp 2 --pp 2
 
-Under torchrun it measures one mesh (its processes, its flags) and needs only torch, numpy and
-pydantic: no Ray, no MLflow. Prints a JSON line last.
+Under torchrun it measures one mesh (its processes, its flags) and needs only torch, numpy,
+pydantic and safetensors: no Ray, no MLflow. Prints a JSON line last. Smallest runs (the CI
+smoke test, seconds):
+
+    python bench/pretrain.py --model tiny --steps 4 --rounds 1 --tokens 20000 --micro-batch 2 --meshes ''
+    torchrun --standalone --nproc-per-node 2 bench/pretrain.py --model tiny --steps 2 --tokens 20000 \
+        --micro-batch 2 --tp 2
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from stages.pretrain.train import Job, train  # noqa: E402
 MODELS = {
     "small": dict(seq_len=256, n_layer=4, n_head=4, d_model=256),
     "gpt2": dict(seq_len=1024, n_layer=12, n_head=12, d_model=768),
+    "tiny": dict(seq_len=64, n_layer=2, n_head=2, d_model=64),
 }
 MESHES = {"tp2": dict(tp=2), "pp2": dict(pp=2), "dp2": dict(dp=2), "pp2xtp2": dict(pp=2, tp=2)}
 VOCAB = 4096

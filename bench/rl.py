@@ -15,24 +15,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-# The repo root first, and not this folder: bench/pipeline.py would shadow the `pipeline` package.
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-
-from stages.common import arith, tasks  # noqa: E402
-from stages.common.chat import ASSISTANT_END, render_prompt  # noqa: E402
-from stages.common.generate import Sampling, generate  # noqa: E402
-from stages.common.model import GPTConfig, build, load_pretrained, save_pretrained  # noqa: E402
-from stages.common.tokenizer import load  # noqa: E402
-from stages.rl.learner import Job, Settings, train  # noqa: E402
-from stages.rl.rollout import Item, LocalPool, Sampler, SamplerSpec  # noqa: E402
+from stages.common import tasks
+from stages.common.chat import ASSISTANT_END, render_prompt
+from stages.common.generate import Sampling, generate
+from stages.common.model import GPTConfig, build, load_pretrained, save_pretrained
+from stages.common.tokenizer import load
+from stages.rl.learner import Job, Settings, train
+from stages.rl.rollout import Item, LocalPool, Sampler, SamplerSpec
 
 
 def newest_sft(workdir: Path) -> Path | None:
@@ -48,10 +43,11 @@ def model_and_tokenizer(args: argparse.Namespace, scratch: Path) -> tuple[Path, 
         return entry / "model", tokenizer, f"sft {entry.name}"
     from stages.tokenizer.train import train_tokenizer
 
-    texts = [p.question + "\n" + p.solution for p in arith.problems(seed=1, count=3000)]
+    texts = [p.prompt + "\n" + p.solution for p in tasks.get("arith").problems("train", 3000, seed=1)]
     tokenizer = train_tokenizer(texts, 1024)[0]
     tokenizer.save(scratch / "tokenizer")
-    cfg = GPTConfig(vocab_size=1024, seq_len=256, n_layer=4, n_head=4, d_model=128)
+    # the tokenizer's own size: arithmetic text may not fill the 1024 asked for, and a sampled id past it cannot decode
+    cfg = GPTConfig(vocab_size=tokenizer.vocab_size, seq_len=256, n_layer=4, n_head=4, d_model=128)
     save_pretrained(build(cfg, seed=0), scratch / "model")
     return scratch / "model", scratch / "tokenizer", "random init (tiny shape)"
 

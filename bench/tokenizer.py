@@ -5,6 +5,7 @@ The corpus is real text that ships with Python: its reference documentation (pyd
 its standard library's source files, written as data-stage documents. Prints a JSON line last.
 
     python bench/tokenizer.py [--mb 8] [--vocab 4096]
+    python bench/tokenizer.py --mb 0.3 --vocab 512   # smallest (CI smoke test)
 """
 
 from __future__ import annotations
