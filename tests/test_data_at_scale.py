@@ -17,6 +17,7 @@ from stages.common.rows import SourceError
 from stages.data import stage
 from stages.data.config import DataConfig, SourceConfig
 from stages.data.funnel import Tally
+from stages.data.listing import listing_uri
 from stages.data.readers import open_source
 from stages.data.sources import input_identities, plan_shards, source_files
 
@@ -47,6 +48,9 @@ def test_a_crawl_listing_is_resolved_under_the_base_url_and_sliced(tmp_path: Pat
     assert sliced == files[1::2]
     first, _ = source_files(crawl_source(tmp_path, take={"count": 3}))
     assert first == files[:3]
+    assert listing_uri(SourceConfig(name="wet", kind="wet", crawl=CRAWL)) == (
+        f"https://data.commoncrawl.org/crawl-data/{CRAWL}/wet.paths.gz"
+    )
 
     cfg = DataConfig(sources=[crawl_source(tmp_path, take={"start": 2, "every": 2, "count": 2})], tasks=4)
     urls = read(cfg)["cc"]
