@@ -145,7 +145,7 @@ def test_hub_dataset_problems_name_the_source_key_and_reason(tmp_path: Path, mon
             input_identities(DataConfig(sources=[source]))
 
     fails(
-        r"^source edu: dataset '.*fineweb-edu' config 'sample-350BT' split 'train': .*'sample-350BT' not found",
+        r"^source edu: dataset .* config 'sample-350BT' split 'train': no such config \(it has: default, sample-10BT\)",
         subset="sample-350BT",
     )
     fails(r"^source edu: dataset .* split 'validation': no such split \(it has: train\)", split="validation")

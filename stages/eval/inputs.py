@@ -4,9 +4,10 @@ revision in the config itself."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from stages.common.rows import SourceError
-from stages.eval.config import EvalConfig
-from stages.eval.hub_layout import Source, split_files
+from stages.eval.config import EvalConfig, benchmark_splits, is_local
 
 
 def benchmark_files(cfg: EvalConfig) -> dict[str, str]:
@@ -14,15 +15,13 @@ def benchmark_files(cfg: EvalConfig) -> dict[str, str]:
     identities: dict[str, str] = {}
     for name, spec in cfg.benchmarks.items():
         try:
-            source = Source.of(spec.source or "", spec.revision, cfg.hub_mirror)
-            if source.folder is None:
+            if not is_local(spec, cfg.hub_mirror):
                 continue
-            splits = [spec.split, spec.fewshot_split] if spec.fewshot else [spec.split]
-            paths = {path for split in splits for path in split_files(source, spec.config, split or "").paths}
+            files = {file for split in benchmark_splits(spec, cfg.hub_mirror) if split for file in split.files}
         except SourceError as exc:  # the stage reports it when it opens the benchmark
             identities[name] = f"unreadable:{exc}"
             continue
-        for path in sorted(paths):
-            info = (source.folder / path).stat()
-            identities[f"{name}:{source.folder / path}"] = f"size:{info.st_size},mtime_ns:{info.st_mtime_ns}"
+        for file in sorted(files):
+            info = Path(file).stat()
+            identities[f"{name}:{file}"] = f"size:{info.st_size},mtime_ns:{info.st_mtime_ns}"
     return identities

@@ -21,29 +21,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stages.common import hub
 from stages.common.prompts import TooLong, fit_text, text_prompt
-from stages.common.rows import BadRow, Skips, SourceError
+from stages.common.rows import BadRow, Skips, SourceError, read_files, require_columns
 from stages.common.tokenizer import Tokenizer
 from stages.eval.benchmarks import FORMATS, Format, Question, parse_row
 from stages.eval.choice import select
-from stages.eval.config import BenchmarkSpec
-from stages.eval.hub_layout import Source, SplitFiles, split_files
+from stages.eval.config import BenchmarkSpec, benchmark_splits
 
 
 @dataclass(frozen=True)
 class Opened:
     name: str
     spec: BenchmarkSpec
-    files: SplitFiles
-    fewshot_files: SplitFiles | None  # None: zero-shot
+    files: hub.Split
+    fewshot_files: hub.Split | None  # None: zero-shot
 
 
 def open_benchmark(name: str, spec: BenchmarkSpec, mirror: Path | None) -> Opened:
     """The benchmark's files (listing the Hub repository, or the local folder); SourceError names it."""
     try:
-        source = Source.of(spec.source or "", spec.revision, mirror)
-        files = split_files(source, spec.config, spec.split or "")
-        shots = split_files(source, spec.config, spec.fewshot_split or "") if spec.fewshot else None
+        files, shots = benchmark_splits(spec, mirror)
     except SourceError as exc:
         raise SourceError(f"benchmark {name}: {exc}") from None
     return Opened(name, spec, files, shots)
@@ -60,21 +58,26 @@ class Loaded:
     source: dict[str, Any] = field(default_factory=dict)
 
 
-def _questions(name: str, form: Format, files: SplitFiles, skips: Skips) -> tuple[list[Question], int]:
+def _questions(name: str, form: Format, files: hub.Split, skips: Skips) -> tuple[list[Question], int]:
+    """The split's questions, each row named by its file's path in the repository (`all/test.jsonl:3`)."""
     found, rows = [], 0
-    for where, row in files.rows(form.columns):
-        rows += 1
-        parsed = row if isinstance(row, BadRow) else parse_row(form, where, row)
-        if isinstance(parsed, BadRow):
-            skips.add(parsed.reason, where, parsed.detail)
-        else:
-            found.append(parsed)
+    try:
+        require_columns(files.files[0], form.columns, files.describe())
+        for where, row in read_files(files.files, names=files.paths):
+            rows += 1
+            parsed = row if isinstance(row, BadRow) else parse_row(form, where, row)
+            if isinstance(parsed, BadRow):
+                skips.add(parsed.reason, where, parsed.detail)
+            else:
+                found.append(parsed)
+    except SourceError as exc:
+        raise SourceError(f"benchmark {name}: {exc}") from None
     if not found:
         if rows and skips.counts["no_gold"] == rows:
             why = f"none of its {rows} rows has a gold label (this split hides its answers): choose a labelled split"
         else:
             why = f"no usable row among {rows} ({', '.join(f'{r} {n}' for r, n in sorted(skips.counts.items()))})"
-        raise SourceError(f"benchmark {name}: {files.label()} ({files.source.describe()}): {why}")
+        raise SourceError(f"benchmark {name}: {files.describe()}: {why}")
     return found, rows
 
 
@@ -87,20 +90,20 @@ def load(opened: Opened, seed: int) -> Loaded:
     questions, rows = _questions(opened.name, form, opened.files, skips)
     chosen = select(questions, spec.count or len(questions), seed, f"bench-{opened.name}")
     if opened.fewshot_files is not None:
-        same = opened.fewshot_files.paths == opened.files.paths
+        same = opened.fewshot_files.files == opened.files.files
         pool = questions if same else _questions(opened.name, form, opened.fewshot_files, Skips())[0]
         if len(pool) - same < spec.fewshot:
             raise SourceError(
                 f"benchmark {opened.name}: fewshot {spec.fewshot} needs that many labelled rows besides the item; "
-                f"{opened.fewshot_files.label()} has {len(pool)}"
+                f"{opened.fewshot_files.describe()} has {len(pool)}"
             )
         chosen = [q.after(_shots(q, pool, spec.fewshot, f"{opened.name}-{seed}")) for q in chosen]
-    title = form.title or opened.files.config
+    title = form.title or opened.files.config or opened.name
     source = {
-        "source": opened.files.source.describe(),
+        "source": hub.source_uri(opened.files.dataset),
         "config": opened.files.config,
         "split": opened.files.split,
-        "revision": opened.files.revision,
+        "revision": opened.files.commit,
         "files": list(opened.files.paths),
         "fewshot": spec.fewshot,
     }
