@@ -57,7 +57,9 @@ class LineBar:
             unit=self.unit,
             unit_scale=self.unit == "B",  # bytes read best as kB/MB
         )
-        print(meter, file=sys.stderr, flush=True)
+        # Not print(): Ray Train patches it in its workers to also log each message, so lines came twice.
+        sys.stderr.write(meter + "\n")
+        sys.stderr.flush()
 
     def __iter__(self) -> Iterator:
         if self.iterable is None:
