@@ -119,6 +119,12 @@ def test_sft_packing_and_throughput():
     assert {"packed_bf16_assistant_tokens_per_s", "packed_fp32_assistant_tokens_per_s"} <= set(result)
 
 
+def test_serve_against_one_at_a_time():
+    result = last_json_line("bench/serve.py --smoke")
+    assert [level["clients"] for level in result["served"]] == [1, 2]
+    assert all(level["replies_equal_alone"] for level in result["served"])  # greedy: batching changes nothing
+
+
 @pytest.mark.slow
 def test_tokenizer_benchmark_on_ray():
     result = last_json_line("bench/tokenizer.py --mb 0.3 --vocab 512")
