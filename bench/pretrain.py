@@ -129,7 +129,7 @@ def torchrun_main(args: argparse.Namespace) -> int:
         write_random_shards(folder / "shards", args.tokens)
     import torch.distributed as dist
 
-    from stages.pretrain.mesh import ensure_process_group, pick_device
+    from stages.common.parallel.mesh import ensure_process_group, pick_device
 
     ensure_process_group(pick_device(args.device == "cuda"))
     if dist.is_initialized():  # one process (WORLD_SIZE=1) trains without a group

@@ -25,8 +25,8 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from stages.common.model import GPT, GPTConfig, build, save_pretrained
+from stages.common.parallel.mesh import Mesh
 from stages.common.shards import ShardError, WindowLoader
-from stages.pretrain.mesh import Mesh
 
 STATE_FILE = "state.json"
 METADATA_FILE = ".metadata"  # DCP's pickled index of the shards

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.stage import StageConfig, cosmetic
 from stages.common.model import GPTConfig
+from stages.common.parallel.checks import DataParallel, dp_mode_problems, tp_problems
 
 Schedule = Literal["gpipe", "1f1b", "interleaved_1f1b"]
 
@@ -27,7 +28,9 @@ class ModelSection(BaseModel):
     n_head: int = Field(4, ge=1)
     n_kv_head: int | None = Field(None, ge=1, description="None: plain multi-head attention")
     d_model: int = Field(128, ge=8)
-    mlp: Literal["relu2", "swiglu"] = "relu2"
+    mlp: Literal["relu2", "swiglu"] = Field(
+        "swiglu", description="swiglu: exports to Hugging Face (Qwen3/Llama); relu2 does not"
+    )
     mlp_ratio: float = Field(4.0, gt=0)
     qk_norm: bool = True
     rope_theta: float = Field(10_000.0, gt=0)
@@ -40,7 +43,7 @@ class PretrainConfig(StageConfig):
     model: ModelSection = Field(default_factory=ModelSection)
     # Mesh (pp, dp, tp), TP innermost. workers = dp * tp * pp.
     dp: int = Field(1, ge=1, description="data-parallel degree")
-    dp_mode: Literal["fsdp", "ddp"] = Field(
+    dp_mode: DataParallel = Field(
         "fsdp", description="fsdp: FSDP2 fully_shard (shards weights and optimiser state); ddp: replicated weights"
     )
     tp: int = Field(1, ge=1, description="tensor-parallel degree (DTensor, sequence parallel)")
@@ -113,14 +116,8 @@ class PretrainConfig(StageConfig):
             found.append(f"model.n_head: head_dim={m.d_model // heads} must be even for RoPE")
         if heads % kv:
             found.append(f"model.n_kv_head: {kv} does not divide n_head={heads}")
-        if heads % self.tp:
-            found.append(f"tp: {self.tp} does not divide n_head={heads}")
-        if kv % self.tp:
-            found.append(f"tp: {self.tp} does not divide n_kv_head={kv}")
-        if not found and m.gpt(vocab_size=256).hidden_dim % self.tp:  # the shape is valid: ask the model
-            found.append(f"tp: {self.tp} does not divide the MLP width {m.gpt(vocab_size=256).hidden_dim}")
-        if m.seq_len % self.tp:
-            found.append(f"tp: {self.tp} does not divide seq_len={m.seq_len} (sequence parallel)")
+        if not found:  # the shape is valid: ask it about the mesh
+            found += tp_problems(m.gpt(vocab_size=256), self.tp, m.seq_len)
         if self.pp_layers is not None:
             if self.pp == 1:
                 found.append("pp_layers: set, but pp=1 (no pipeline to split)")
@@ -130,8 +127,7 @@ class PretrainConfig(StageConfig):
                 found.append(f"pp_layers: {self.pp_layers} must be >= 1 each and sum to n_layer={m.n_layer}")
         elif m.n_layer % self.n_stages:
             found.append(f"pp: {self.n_stages} pipeline stages do not divide n_layer={m.n_layer} (or set pp_layers)")
-        if self.dp_mode == "ddp" and (self.tp > 1 or self.pp > 1):
-            found.append("dp_mode: ddp replicates whole models and composes with neither tp nor pp; use fsdp")
+        found += dp_mode_problems(self.dp_mode, self.tp, self.pp)
         if self.pp > 1 and self.micro_batch % self.pp_microbatches:
             found.append(f"pp_microbatches: {self.pp_microbatches} does not divide micro_batch={self.micro_batch}")
         if self.pp_schedule == "interleaved_1f1b" and self.pp > 1 and self.pp_microbatches % self.pp:

@@ -12,12 +12,11 @@ import contextlib
 
 import torch
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
-from torch.distributed.tensor import DTensor
-from torch.distributed.tensor.parallel import loss_parallel
 
 from stages.common.model import GPT, GPTConfig, cross_entropy
+from stages.common.parallel.compute import compute, plain
+from stages.common.parallel.mesh import Mesh
 from stages.pretrain.config import PretrainConfig
-from stages.pretrain.mesh import Mesh
 
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
 
@@ -69,12 +68,7 @@ class Engine:
 
     def autocast(self) -> contextlib.ExitStack:
         """bf16 autocast if configured, and the vocab-parallel loss if the logits are sharded."""
-        contexts = contextlib.ExitStack()
-        if self.cfg.precision == "bf16":
-            contexts.enter_context(torch.autocast(self.mesh.device.type, dtype=torch.bfloat16))
-        if self.cfg.tp > 1 and self.cfg.loss_parallel:
-            contexts.enter_context(loss_parallel())
-        return contexts
+        return compute(self.mesh.device, self.cfg.precision == "bf16", self.cfg.tp > 1 and self.cfg.loss_parallel)
 
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor, scale: float) -> torch.Tensor | None:
         """Accumulate gradients of `scale * loss`; returns this rank's mean loss, or None off the last stage."""
@@ -82,7 +76,7 @@ class Engine:
             if self.schedule is None:
                 loss = cross_entropy(self.parts[0][1](inputs), targets)
                 (loss * scale).backward()
-                return _plain(loss.detach())
+                return plain(loss.detach())
             # The schedule's own grad scaling would also rescale gradients accumulated by earlier
             # micro-steps, so the loss carries the 1/microbatches factor instead.
             self.loss_fn.scale = scale / self.cfg.pp_microbatches
@@ -94,7 +88,7 @@ class Engine:
     def eval_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
         with self.autocast():
             if self.schedule is None:
-                return _plain(cross_entropy(self.parts[0][1](inputs), targets))
+                return plain(cross_entropy(self.parts[0][1](inputs), targets))
             self.loss_fn.scale = 1.0
             losses: list[torch.Tensor] = []
             self.schedule.eval(*self._args(inputs), target=targets if self.has_last else None, losses=losses)
@@ -108,9 +102,5 @@ class Engine:
             module.train(mode)
 
 
-def _plain(loss: torch.Tensor) -> torch.Tensor:
-    return loss.full_tensor() if isinstance(loss, DTensor) else loss
-
-
 def _mean(losses: list[torch.Tensor]) -> torch.Tensor:
-    return torch.stack([_plain(loss.detach()) for loss in losses]).mean()
+    return torch.stack([plain(loss.detach()) for loss in losses]).mean()

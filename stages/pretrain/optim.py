@@ -1,4 +1,4 @@
-"""AdamW, the learning-rate schedule and gradient clipping across a (pp, dp, tp) mesh.
+"""AdamW and the learning-rate schedule (gradient clipping: stages.common.parallel.grads).
 
 The schedule is a pure function of the step, so resuming needs only the step number.
 """
@@ -8,12 +8,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
 from torch import nn
-from torch.distributed.tensor import DTensor
 
 from stages.pretrain.config import PretrainConfig
-from stages.pretrain.mesh import Mesh
 
 
 def build_optimizer(params: list[nn.Parameter], cfg: PretrainConfig) -> torch.optim.AdamW:
@@ -38,24 +35,3 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
-
-
-def clip_grad_norm(params: list[nn.Parameter], max_norm: float, mesh: Mesh) -> float:
-    """The global gradient norm (over every shard on every rank); scales grads down to `max_norm`.
-
-    DTensor norms are reduced over their own mesh (tp, dp); pipeline stages hold disjoint
-    parameters, so their squared norms are summed over the pp axis."""
-    grads = [p.grad for p in params if p.grad is not None]
-    squares = []
-    for grad in grads:
-        norm = torch.linalg.vector_norm(grad, dtype=torch.float32)
-        squares.append((norm.full_tensor() if isinstance(norm, DTensor) else norm) ** 2)
-    total = torch.stack(squares).sum() if squares else torch.zeros((), device=mesh.device)
-    if mesh.pp > 1:
-        dist.all_reduce(total, group=mesh.sub("pp").get_group())
-    total_norm = total.sqrt().item()
-    if max_norm > 0 and total_norm > max_norm:
-        coef = max_norm / (total_norm + 1e-6)
-        for grad in grads:
-            grad.mul_(coef)
-    return total_norm

@@ -18,13 +18,14 @@ import numpy as np
 import torch
 
 from stages.common.model import GPTConfig, build
+from stages.common.parallel.grads import clip_grad_norm
+from stages.common.parallel.mesh import Mesh, ensure_process_group, pick_device
 from stages.common.shards import Split, WindowLoader
 from stages.pretrain import checkpoint
 from stages.pretrain.config import PretrainConfig
 from stages.pretrain.engine import Engine
 from stages.pretrain.measure import bits_per_byte, matmul_peak_flops, tokens_per_byte
-from stages.pretrain.mesh import Mesh, ensure_process_group, pick_device
-from stages.pretrain.optim import build_optimizer, clip_grad_norm, lr_at, set_lr
+from stages.pretrain.optim import build_optimizer, lr_at, set_lr
 from stages.pretrain.parallelize import parallelize, parameters
 
 

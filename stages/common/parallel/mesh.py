@@ -2,6 +2,7 @@
 
 Ray Train (and torchrun's env) decide who starts the process group: inside Ray Train it already
 exists and must not be created again; under torchrun or a spawned test it is created here.
+Pretraining uses all three axes; SFT and the RL learner run with pp=1.
 """
 
 from __future__ import annotations
@@ -51,6 +52,19 @@ class Mesh:
         names = ("pp", "dp", "tp")
         return cls(pp, dp, tp, device, init_device_mesh(device.type, (pp, dp, tp), mesh_dim_names=names))
 
+    @classmethod
+    def data_and_tensor(cls, tp: int, device: torch.device) -> Mesh:
+        """dp x tp over every process of the group, dp = processes / tp (SFT and the RL learner)."""
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        if world % tp:
+            raise ValueError(f"{world} processes cannot form tensor-parallel groups of tp={tp}")
+        return cls.build(1, world // tp, tp, device)
+
+    @property
+    def size(self) -> int:
+        """Processes in the mesh."""
+        return self.pp * self.dp * self.tp
+
     @property
     def rank(self) -> int:
         return dist.get_rank() if self.device_mesh is not None else 0
@@ -69,6 +83,17 @@ class Mesh:
     def all_sum(self, values: torch.Tensor) -> torch.Tensor:
         if self.device_mesh is not None:
             dist.all_reduce(values)
+        return values
+
+    def all_max(self, values: torch.Tensor) -> torch.Tensor:
+        if self.device_mesh is not None:
+            dist.all_reduce(values, op=dist.ReduceOp.MAX)
+        return values
+
+    def dp_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum over the data-parallel ranks only: TP peers hold the same data, so they are not added twice."""
+        if self.dp > 1:
+            dist.all_reduce(values, group=self.sub("dp").get_group())
         return values
 
     def barrier(self) -> None:
