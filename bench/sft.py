@@ -20,8 +20,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from accelerate.state import AcceleratorState
-
 from stages.common import tasks
 from stages.common.chat import ASSISTANT_END
 from stages.common.model import GPTConfig, build, save_pretrained
@@ -43,8 +41,6 @@ def tokenizer_texts(sharegpt: SourceConfig, cache: Path, conversations: int = 20
 
 
 def measure(data: Prepared, model_dir: Path, stop_id: int, steps: int, bf16: bool) -> dict[str, float]:
-    # Each variant needs its own precision; accelerate keeps one process-wide state otherwise.
-    AcceleratorState._reset_state(reset_partial_state=True)
     settings = Settings(
         batch_size=8,
         grad_accum=1,

@@ -1,5 +1,6 @@
 """SFT stage: finetune the pretrained model on assistant conversations (loss on assistant tokens
-only) under Ray Train with accelerate, and measure that it answers in the chat format."""
+only) under Ray Train on pretraining's mesh code (FSDP2 or DDP over dp, tensor parallelism over
+tp), and measure that it answers in the chat format."""
 
 from pipeline.stage import Resources, Stage
 from stages.sft.config import SFTConfig
@@ -8,7 +9,8 @@ from stages.sft.run import HEADLINE, run
 
 def resources(cfg: SFTConfig) -> Resources:
     # The stage task only prepares data and coordinates; the Ray Train workers hold the CPUs.
-    return Resources(cpus=cfg.cpus_per_worker, gpus=cfg.gpus_per_worker, workers=cfg.workers)
+    # TP groups share a node (TP innermost): the runner checks the cluster holds whole groups.
+    return Resources(cpus=cfg.cpus_per_worker, gpus=cfg.gpus_per_worker, workers=cfg.workers, group=cfg.tp)
 
 
 stage = Stage(

@@ -1,8 +1,14 @@
-"""The finetuning loop, run by every worker: `accelerate` does DDP, bf16 autocast and gradient
-accumulation; the loss counts assistant tokens only. Runs the same in one plain process."""
+"""The finetuning loop, run by every worker on the mesh code pretraining uses
+(stages.common.parallel): FSDP2 or DDP over the dp ranks, tensor parallelism over tp, bf16
+autocast, gradient accumulation. Runs the same in one plain process.
+
+The loss counts assistant tokens only and averages over all of an optimizer step's assistant
+tokens, on every rank together, so any mesh takes the step one process would take.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -10,10 +16,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+import torch.nn.functional as F
 
 from stages.common.generate import Sampling, ends_turn, generate
-from stages.common.model import GPT, cross_entropy, load_pretrained
+from stages.common.model import GPT, load_pretrained
+from stages.common.parallel import layout
+from stages.common.parallel.checks import DataParallel, tp_problems
+from stages.common.parallel.compute import compute, plain
+from stages.common.parallel.grads import clip_grad_norm
+from stages.common.parallel.mesh import Mesh, ensure_process_group, pick_device
+from stages.common.parallel.state import plain_copy
 
 IGNORE = -100
 Log = Callable[[dict[str, float], int], None]
@@ -34,6 +46,8 @@ class Settings:
     log_every: int
     max_new_tokens: int
     seed: int
+    tp: int = 1
+    dp_mode: DataParallel = "ddp"
 
 
 @dataclass
@@ -60,9 +74,16 @@ def lr_at(step: int, s: Settings) -> float:
 
 
 def batch(ids: np.ndarray, mask: np.ndarray, rows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, ...]:
-    chunk, loss_mask = torch.from_numpy(ids[rows]), torch.from_numpy(mask[rows]).bool()
+    """inputs and targets (IGNORE off assistant tokens); row -1 is padding that carries no loss."""
+    chunk = torch.from_numpy(ids[np.maximum(rows, 0)])
+    loss_mask = torch.from_numpy(mask[np.maximum(rows, 0)]).bool() & torch.from_numpy(rows >= 0)[:, None]
     targets = chunk[:, 1:].masked_fill(~loss_mask[:, 1:], IGNORE)
     return chunk[:, :-1].to(device), targets.to(device)
+
+
+def loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed next-token loss over assistant targets (vocab-parallel when the logits are sharded)."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum")
 
 
 def row_order(n_rows: int, n_needed: int, seed: int) -> np.ndarray:
@@ -72,42 +93,93 @@ def row_order(n_rows: int, n_needed: int, seed: int) -> np.ndarray:
     return np.concatenate([rng.permutation(n_rows) for _ in range(passes)])[:n_needed]
 
 
-def heldout_loss(model: torch.nn.Module, job: Job, accelerator: Accelerator) -> float:
-    """Mean loss per held-out assistant token, summed over every rank's share of the rows."""
-    model.eval()
-    totals = torch.zeros(2, device=accelerator.device)
-    mine = np.arange(accelerator.process_index, len(job.heldout_ids), accelerator.num_processes)
-    with torch.no_grad(), accelerator.autocast():
-        for start in range(0, len(mine), job.settings.batch_size):
-            inputs, targets = batch(
-                job.heldout_ids, job.heldout_mask, mine[start : start + job.settings.batch_size], accelerator.device
-            )
-            logits = model(inputs)
-            count = (targets != IGNORE).sum()
-            totals += torch.stack([cross_entropy(logits, targets) * count, count.float()])
-    model.train()
-    totals = accelerator.reduce(totals, reduction="sum")
-    return float(totals[0] / totals[1])
+def dealt(n: int, rank: int, ranks: int) -> np.ndarray:
+    """Rank `rank`'s share of n items dealt round-robin, padded with -1 to ceil(n / ranks): every
+    rank runs as many forward passes (sharded models gather weights in each)."""
+    mine = np.arange(rank, n, ranks)
+    return np.concatenate([mine, np.full(math.ceil(n / ranks) - len(mine), -1)]).astype(np.int64)
 
 
-def adherence(model: GPT, job: Job, accelerator: Accelerator) -> tuple[dict[str, float], list[list[int]]]:
+class Finetuner:
+    """One rank's model (laid out over the mesh), optimizer and the numerics around them."""
+
+    def __init__(self, job: Job):
+        s = job.settings
+        self.job, self.s = job, s
+        device = pick_device(torch.cuda.is_available())
+        ensure_process_group(device)  # Ray Train's group when there is one
+        self.mesh = Mesh.data_and_tensor(s.tp, device)
+        torch.manual_seed(s.seed)
+        model = load_pretrained(job.model_dir)
+        found = tp_problems(model.cfg, s.tp, job.train_ids.shape[1] - 1)
+        if found:
+            raise ValueError(f"sft: the model in {job.model_dir} cannot be split so: {'; '.join(found)}")
+        self.layout = layout.Layout(s.dp_mode)
+        self.model = layout.parallelize(model, self.mesh, self.layout)
+        self.params = list(self.model.parameters())
+        self.optimizer = torch.optim.AdamW(self.params, lr=s.lr, betas=(0.9, 0.95), weight_decay=s.weight_decay)
+
+    def compute(self) -> contextlib.ExitStack:
+        return compute(self.mesh.device, self.s.bf16, sharded_logits=self.mesh.tp > 1)
+
+    def step(self, rows: list[np.ndarray], lr: float) -> tuple[float, float]:
+        """One optimizer step over this rank's micro batches of rows; returns the step's loss per
+        assistant token (all ranks) and the assistant tokens it trained on (all ranks)."""
+        job, device = self.job, self.mesh.device
+        micro = [batch(job.train_ids, job.train_mask, r, device) for r in rows]
+        tokens = float(self.mesh.dp_sum(sum((t != IGNORE).sum() for _, t in micro).float()))
+        # DDP and FSDP2 average gradients over the dp ranks: dp / tokens makes the sum a mean per token.
+        scale = self.mesh.dp / max(tokens, 1.0)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = torch.zeros((), device=device)
+        for m, (inputs, targets) in enumerate(micro):
+            with layout.gradient_sync(self.model, self.layout, sync=m == len(micro) - 1), self.compute():
+                loss = loss_sum(self.model(inputs), targets)
+                (loss * scale).backward()
+            total += plain(loss.detach())
+        if self.s.grad_clip:
+            clip_grad_norm(self.params, self.s.grad_clip, self.mesh)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(self.mesh.dp_sum(total)) / max(tokens, 1.0), tokens
+
+    def heldout_loss(self) -> float:
+        """Mean loss per held-out assistant token over every rank's share of the rows."""
+        job, mesh = self.job, self.mesh
+        self.model.eval()
+        totals = torch.zeros(2, device=mesh.device)
+        mine = dealt(len(job.heldout_ids), mesh.coordinate("dp"), mesh.dp)
+        with torch.no_grad(), self.compute():
+            for start in range(0, len(mine), self.s.batch_size):
+                rows = mine[start : start + self.s.batch_size]
+                inputs, targets = batch(job.heldout_ids, job.heldout_mask, rows, mesh.device)
+                loss = plain(loss_sum(self.model(inputs), targets))
+                totals += torch.stack([loss, (targets != IGNORE).sum().float()])
+        self.model.train()
+        totals = mesh.dp_sum(totals)
+        return float(totals[0] / totals[1])
+
+
+def adherence(model: GPT, job: Job, mesh: Mesh) -> tuple[dict[str, float], list[list[int]]]:
     """Share of held-out prompts whose greedy reply ends with <|assistant_end|> within the budget,
-    overall and per source; every rank answers its share. Returns rank 0's replies as samples."""
+    overall and per source. `model` is a plain copy on every rank, so every rank (TP peers too)
+    answers its own share. Returns rank 0's replies (prompts 0, world, 2 * world, ...) as samples."""
     tags = sorted(set(job.prompt_tags))
-    mine = list(range(accelerator.process_index, len(job.prompts), accelerator.num_processes))
+    mine = list(range(mesh.rank, len(job.prompts), mesh.size))
     model.eval()
-    with accelerator.autocast():
+    with compute(mesh.device, job.settings.bf16, sharded_logits=False):
         greedy = Sampling(max_new_tokens=job.settings.max_new_tokens)
         replies = generate(model, [job.prompts[i] for i in mine], greedy, job.stop_id)
     model.train()
-    counts = torch.zeros(2 + 2 * len(tags), device=accelerator.device)
+    counts = torch.zeros(2 + 2 * len(tags), device=mesh.device)
     for index, reply in zip(mine, replies, strict=True):
         ended = float(ends_turn(reply, job.stop_id))
         counts[:2] += torch.tensor([ended, 1.0])
         if job.prompt_tags:
             slot = 2 + 2 * tags.index(job.prompt_tags[index])
             counts[slot : slot + 2] += torch.tensor([ended, 1.0])
-    counts = accelerator.reduce(counts, reduction="sum")
+    counts = mesh.all_sum(counts)
     shares = {"adherence": float(counts[0] / counts[1]) if counts[1] else 0.0}
     for i, tag in enumerate(tags):
         ended, total = counts[2 + 2 * i], counts[3 + 2 * i]
@@ -116,73 +188,49 @@ def adherence(model: GPT, job: Job, accelerator: Accelerator) -> tuple[dict[str,
 
 
 def train(job: Job, log: Log | None = None) -> tuple[GPT, dict[str, float], list[list[int]]]:
-    """Finetune; returns the unwrapped model, final metrics (the same on every rank) and rank 0's
-    sample replies. `log(metrics, step)` is called on rank 0 only."""
+    """Finetune; returns a plain copy of the model (the same on every rank), final metrics (the
+    same on every rank) and rank 0's sample replies. `log(metrics, step)` is called on rank 0 only."""
     s = job.settings
-    # accelerate treats a process group as multi-CPU DDP only when told `cpu=True`; without it a
-    # CPU worker would silently train alone.
-    accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),
-        mixed_precision="bf16" if s.bf16 else "no",
-        gradient_accumulation_steps=s.grad_accum,
-    )
-    rank0 = accelerator.is_main_process
-    say: Log = log if (log is not None and rank0) else (lambda metrics, step: None)
-    torch.manual_seed(s.seed)
-    model = load_pretrained(job.model_dir)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, betas=(0.9, 0.95), weight_decay=s.weight_decay)
-    model, optimizer = accelerator.prepare(model, optimizer)
-
-    world, rank = accelerator.num_processes, accelerator.process_index
-    per_step = s.batch_size * s.grad_accum * world
+    tuner = Finetuner(job)
+    mesh = tuner.mesh
+    say: Log = log if (log is not None and mesh.is_logger) else (lambda metrics, step: None)
+    per_step = s.batch_size * s.grad_accum * mesh.dp
     steps = s.steps or max(1, len(job.train_ids) // per_step)
     order = row_order(len(job.train_ids), steps * per_step, s.seed)
+    dp_rank = mesh.coordinate("dp")
 
-    before = heldout_loss(model, job, accelerator)
+    before = tuner.heldout_loss()
     say({"heldout_loss": before}, 0)
-    trained_tokens, train_seconds, losses = 0, 0.0, []
+    trained_tokens, train_seconds, losses = 0.0, 0.0, []
     for step in range(steps):
         started = time.perf_counter()
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, s)
         step_rows = order[step * per_step : (step + 1) * per_step]
-        for micro in range(s.grad_accum):
-            at = (micro * world + rank) * s.batch_size
-            inputs, targets = batch(
-                job.train_ids, job.train_mask, step_rows[at : at + s.batch_size], accelerator.device
-            )
-            with accelerator.accumulate(model), accelerator.autocast():
-                loss = cross_entropy(model(inputs), targets)
-                accelerator.backward(loss)
-                if s.grad_clip and accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), s.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            trained_tokens += int((targets != IGNORE).sum())
-            losses.append(float(loss.detach()))
+        mine = [step_rows[(m * mesh.dp + dp_rank) * s.batch_size :][: s.batch_size] for m in range(s.grad_accum)]
+        loss, tokens = tuner.step(mine, lr_at(step, s))
+        trained_tokens += tokens
+        losses.append(loss)
         train_seconds += time.perf_counter() - started
         if (step + 1) % s.log_every == 0:
-            say({"train_loss": float(np.mean(losses[-s.grad_accum * s.log_every :])), "lr": lr_at(step, s)}, step + 1)
+            say({"train_loss": float(np.mean(losses[-s.log_every :])), "lr": lr_at(step, s)}, step + 1)
         if (step + 1) % s.eval_every == 0 and step + 1 < steps:
-            say({"heldout_loss": heldout_loss(model, job, accelerator)}, step + 1)
-    after = heldout_loss(model, job, accelerator)
+            say({"heldout_loss": tuner.heldout_loss()}, step + 1)
+    after = tuner.heldout_loss()
     say({"heldout_loss": after}, steps)
 
-    tokens = accelerator.reduce(torch.tensor([float(trained_tokens)], device=accelerator.device), reduction="sum")
     # Every rank trains at once, so the slowest rank's clock is the run's clock.
-    seconds = float(accelerator.gather(torch.tensor([train_seconds], device=accelerator.device)).max())
-    unwrapped: GPT = accelerator.unwrap_model(model)
-    shares, replies = adherence(unwrapped, job, accelerator)
+    seconds = float(mesh.all_max(torch.tensor([train_seconds], device=mesh.device))[0])
+    model = plain_copy(tuner.model, mesh, everywhere=True)
+    shares, replies = adherence(model, job, mesh)
     metrics = {
         "heldout_loss_before": before,
         "heldout_loss_after": after,
-        "train_loss_last": float(np.mean(losses[-s.grad_accum * min(steps, 10) :])),
+        "train_loss_last": float(np.mean(losses[-min(steps, 10) :])),
         "steps": float(steps),
-        "assistant_tokens_trained": float(tokens[0]),
-        "assistant_tokens_per_s": float(tokens[0]) / max(seconds, 1e-9),
+        "assistant_tokens_trained": trained_tokens,
+        "assistant_tokens_per_s": trained_tokens / max(seconds, 1e-9),
         "train_seconds": seconds,
-        "world_size": float(world),
+        "world_size": float(mesh.size),
         **shares,
     }
     say(shares, steps)
-    return unwrapped, metrics, replies
+    return model, metrics, replies
