@@ -1,5 +1,5 @@
 """The RL stage as the runner runs it: a Ray task that starts rollout actors and a 2-worker Ray Train
-learner (DDP through accelerate), logs to a sqlite MLflow store and registers the policy linked to
+learner (DDP), logs to a sqlite MLflow store and registers the policy linked to
 the SFT model and the task data. The task is easy for a random model, so reward must rise."""
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """RL stage: GRPO from verifiable rewards. Ray rollout actors sample groups of replies with the
-shared KV-cache engine, a task's verifier scores them, and a Ray Train learner (accelerate DDP)
-moves the SFT policy toward what scored well. Held-out accuracy before and after is the proof."""
+shared KV-cache engine, a task's verifier scores them, and a Ray Train learner on pretraining's
+mesh code (FSDP2 or DDP, tensor parallelism) moves the SFT policy toward what scored well.
+Held-out accuracy before and after is the proof."""
 
 from pipeline.stage import Resources, Stage
 from stages.rl.config import RLConfig

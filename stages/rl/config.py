@@ -7,6 +7,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.stage import StageConfig, cosmetic
+from stages.common.model import GPTConfig
+from stages.common.parallel.checks import (
+    DataParallel,
+    dp_mode_problems,
+    no_pipeline,
+    pipeline_model,
+    tp_problems,
+    workers_problems,
+)
+
+Placement = Literal["own", "shared"]
 
 
 class TaskConfig(BaseModel):
@@ -66,15 +77,27 @@ class RLConfig(StageConfig):
     eval_every: int = Field(10, ge=1, description="pass@1 and pass@k on the monitor problems every N steps")
     monitor_problems: int = Field(64, ge=1, description="held-out problems for the periodic pass@k check")
     pass_k: int = Field(8, ge=0, le=64, description="k of pass@k (samples per monitor problem); 0: greedy only")
-    # workers
+    # The learner: a Ray Train group on the mesh code pretraining uses (stages.common.parallel,
+    # without its pipeline); learner_workers = dp * tp.
+    learner_workers: int = Field(1, ge=1, description="Ray Train workers of the learner: dp * tp")
+    learner_cpus: float = Field(1.0, gt=0)
+    learner_gpus: float = Field(0.0, ge=0, description="per learner worker; see actor_placement")
+    tp: int = Field(1, ge=1, description="learner tensor-parallel degree (DTensor, sequence parallel)")
+    dp_mode: DataParallel = Field(
+        "ddp",
+        description="ddp: replicated weights (2 CPU workers, tiny shape: 11% less time a step than fsdp); fsdp: FSDP2 "
+        "shards weights, grads and optimiser state over dp (needed with tp, and for models one worker cannot hold)",
+    )
+    pp: int = Field(1, ge=1, description="pipeline parallelism is pretraining's alone: must stay 1")
+    # The rollout actors and where they sit (see `placement_problems`).
     rollout_actors: int = Field(1, ge=1, description="Ray actors that hold the policy and sample")
     actor_cpus: float = Field(1.0, gt=0)
-    actor_gpus: float = Field(
-        0.0, ge=0, description="fractions share a learner's GPU (e.g. 0.25 with learner_gpus 0.75)"
+    actor_gpus: float = Field(0.0, ge=0, description="per rollout actor (0: it samples on CPU); see actor_placement")
+    actor_placement: Placement = Field(
+        "own",
+        description="own: actors on GPUs of their own, never a learner's; shared: each learner's GPU also "
+        "holds one actor (actor_gpus + learner_gpus = 1, actor_gpus > 0.5, rollout_actors = learner_workers)",
     )
-    learner_workers: int = Field(1, ge=1, description="Ray Train workers (DDP ranks through accelerate)")
-    learner_cpus: float = Field(1.0, gt=0)
-    learner_gpus: float = Field(0.0, ge=0)
     torch_threads: int | None = Field(
         None,
         ge=1,
@@ -89,3 +112,52 @@ class RLConfig(StageConfig):
         if self.monitor_problems > self.heldout_problems:
             raise ValueError(f"monitor_problems {self.monitor_problems} > heldout_problems {self.heldout_problems}")
         return self
+
+    def placement_problems(self) -> list[str]:
+        """Where Ray puts the actors. GPU shares are Ray's bookkeeping, not memory limits: a GPU
+        is split by the fractions asked of it. The actors start first, and Ray packs fractional
+        requests onto as few GPUs as it can; so
+
+        own     learners hold whole GPUs (learner_gpus 0 or a whole number), leaving no room on
+                them for an actor; actors take `actor_gpus` each elsewhere (a fraction lets
+                several actors share a GPU among themselves).
+        shared  every learner GPU also holds one actor: one GPU is actor_gpus + learner_gpus = 1,
+                and actor_gpus > 0.5 keeps Ray from packing two actors onto one GPU (which would
+                leave a learner without room), so each learner fills the room one actor left.
+        """
+        actors, learners = self.actor_gpus, self.learner_gpus
+        if self.actor_placement == "own":
+            if learners != int(learners):
+                return [
+                    f"learner_gpus: {learners:g} is a fraction, so Ray may place rollout actors on the learners' "
+                    "GPUs; give learners whole GPUs, or set actor_placement: shared"
+                ]
+            return []
+        found = []
+        if not learners or not actors:
+            found.append("actor_placement: shared puts actors on the learners' GPUs; set learner_gpus and actor_gpus")
+        elif abs(actors + learners - 1) > 1e-9 or actors <= 0.5:
+            found.append(
+                f"actor_gpus: shared GPUs need actor_gpus + learner_gpus = 1 with actor_gpus > 0.5 (one actor per "
+                f"GPU), got {actors:g} + {learners:g}"
+            )
+        if self.rollout_actors != self.learner_workers:
+            found.append(
+                f"rollout_actors: {self.rollout_actors} != learner_workers={self.learner_workers}; "
+                "actor_placement: shared puts one actor on each learner's GPU"
+            )
+        return found
+
+    def problems(self, model: GPTConfig | None) -> list[str]:
+        """Every reason the learner's mesh or the placement cannot work, as "field: reason"; the
+        model's shape when known (its full seq_len, since rows are padded for sequence parallelism)."""
+        found = no_pipeline("rl", self.pp) + workers_problems("learner_workers", self.learner_workers, self.tp)
+        found += dp_mode_problems(self.dp_mode, self.tp, self.pp) + self.placement_problems()
+        if model is not None:
+            found += tp_problems(model, self.tp, model.seq_len)
+        return found
+
+    def check_against(self, pipeline: Any) -> None:
+        found = self.problems(pipeline_model(pipeline))
+        if found:
+            raise ValueError("; ".join(found))

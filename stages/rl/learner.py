@@ -1,11 +1,14 @@
-"""The GRPO learner, run by every Ray Train worker (accelerate does DDP and autocast); runs the same
-in one plain process.
+"""The GRPO learner, run by every Ray Train worker on the mesh code pretraining uses
+(stages.common.parallel: FSDP2 or DDP over dp, tensor parallelism over tp, bf16 autocast); runs the
+same in one plain process.
 
-Each step: rank 0 sends the current weights to the rollout actors and gets back G scored replies
-per prompt; every rank receives the batch, computes group advantages, drops groups whose rewards
-are all equal (dynamic sampling), takes its share of the rest and runs `ppo_epochs` passes of the
-clipped objective over it, `minibatches` optimizer steps per pass. Before the first step and after
-the last, rank 0 has the actors answer the held-out problems greedily: the before/after accuracy.
+Each step: the ranks gather the current weights whole onto rank 0, which sends them to the rollout
+actors and gets back G scored replies per prompt; every rank receives the batch, computes group
+advantages, drops groups whose rewards are all equal (dynamic sampling), and each dp rank takes
+its share of the rest (its TP peers take the same) and runs `ppo_epochs` passes of the clipped
+objective over it, `minibatches` optimizer steps per pass. Before the first step and after the
+last, rank 0 has the actors answer the held-out problems greedily: the before/after accuracy.
+Under TP the logits are gathered (the objective needs whole-vocabulary log-probs and entropy).
 """
 
 from __future__ import annotations
@@ -19,9 +22,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+import torch.distributed as dist
 
 from stages.common.model import GPT, load_pretrained
+from stages.common.parallel import layout
+from stages.common.parallel.checks import DataParallel, tp_problems
+from stages.common.parallel.compute import compute
+from stages.common.parallel.grads import clip_grad_norm
+from stages.common.parallel.mesh import Mesh, ensure_process_group, pick_device
+from stages.common.parallel.state import full_state, plain_copy
 from stages.common.tasks import paired_difference
 from stages.rl import grpo
 from stages.rl.rollout import Batch, Item, Scores
@@ -56,6 +65,8 @@ class Settings:
     log_every: int = 1
     threads: int | None = None
     seed: int = 0
+    tp: int = 1
+    dp_mode: DataParallel = "ddp"
 
 
 @dataclass
@@ -97,15 +108,18 @@ class Rows:
     seqs: list[list[int]]
     starts: list[int]  # index in seq of the first response token
     advantages: list[float]
-    weights: list[float]  # 0 for padding rows that only keep DDP ranks in step
+    weights: list[float]  # 0 for padding rows that only keep the dp ranks in step
 
     def __len__(self) -> int:
         return len(self.seqs)
 
 
-def tensors(rows: Rows, index: list[int], pad_id: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """inputs, targets, mask (1 on response targets of real rows), advantage per row."""
-    longest = max(len(rows.seqs[i]) for i in index)
+def tensors(
+    rows: Rows, index: list[int], pad_id: int, device: torch.device, multiple: int = 1
+) -> tuple[torch.Tensor, ...]:
+    """inputs, targets, mask (1 on response targets of real rows), advantage per row. Inputs are
+    padded to a `multiple` of positions (tp: sequence parallelism splits them evenly)."""
+    longest = 1 + multiple * math.ceil((max(len(rows.seqs[i]) for i in index) - 1) / multiple)
     seq = torch.full((len(index), longest), pad_id, dtype=torch.long)
     mask = torch.zeros((len(index), longest - 1))
     for r, i in enumerate(index):
@@ -143,17 +157,26 @@ class Learner:
         if s.threads:
             torch.set_num_threads(s.threads)
         self.job, self.s = job, s
-        self.acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if s.bf16 else "no")
-        self.rank, self.world = self.acc.process_index, self.acc.num_processes
-        self.rank0 = self.acc.is_main_process
+        device = pick_device(torch.cuda.is_available())
+        ensure_process_group(device)  # Ray Train's group when there is one
+        self.mesh = Mesh.data_and_tensor(s.tp, device)
+        # Rows are dealt over the dp ranks; TP peers take the same rows.
+        self.rank, self.world = self.mesh.coordinate("dp"), self.mesh.dp
+        self.rank0 = self.mesh.is_logger
         self.say: Log = log if (log is not None and self.rank0) else (lambda metrics, step: None)
         torch.manual_seed(s.seed)
-        model = load_pretrained(job.model_dir, self.acc.device)
+        model = load_pretrained(job.model_dir)
+        found = tp_problems(model.cfg, s.tp, model.cfg.seq_len)
+        if found:
+            raise ValueError(f"rl: the model in {job.model_dir} cannot be split so: {'; '.join(found)}")
+        self.layout = layout.Layout(s.dp_mode, loss_parallel=False)
+        self.model = layout.parallelize(model, self.mesh, self.layout)
         self.reference = None
-        if s.kl_coef > 0 or s.kl_metric:  # the frozen SFT model
-            self.reference = load_pretrained(job.model_dir, self.acc.device).eval().requires_grad_(False)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, betas=(0.9, 0.95), weight_decay=s.weight_decay)
-        self.model, self.optimizer = self.acc.prepare(model, optimizer)
+        if s.kl_coef > 0 or s.kl_metric:  # the frozen SFT model, laid out like the policy
+            reference = load_pretrained(job.model_dir).eval().requires_grad_(False)
+            self.reference = layout.parallelize(reference, self.mesh, self.layout, frozen=True)
+        self.params = list(self.model.parameters())
+        self.optimizer = torch.optim.AdamW(self.params, lr=s.lr, betas=(0.9, 0.95), weight_decay=s.weight_decay)
         self.totals: dict[str, float] = {
             "groups_dropped": 0,
             "groups_kept": 0,
@@ -168,28 +191,31 @@ class Learner:
         self.synced = -1  # the weights version the rollout actors hold
 
     # -- pieces ------------------------------------------------------------------------
-    @property
-    def policy(self) -> GPT:
-        return self.acc.unwrap_model(self.model)
+    def compute(self) -> contextlib.ExitStack:
+        return compute(self.mesh.device, self.s.bf16, sharded_logits=False)
+
+    def tensors(self, rows: Rows, index: list[int]) -> tuple[torch.Tensor, ...]:
+        return tensors(rows, index, self.job.pad_id, self.mesh.device, multiple=self.mesh.tp)
 
     def broadcast(self, value: Any) -> Any:
-        if self.world == 1:
+        if self.mesh.device_mesh is None:
             return value
-        import torch.distributed as dist
-
         box = [value if self.rank0 else None]
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
     def reduce(self, values: list[float]) -> list[float]:
-        tensor = torch.tensor(values, dtype=torch.float64, device=self.acc.device)
-        return self.acc.reduce(tensor, reduction="sum").tolist() if self.world > 1 else values
+        """Sums over the dp ranks."""
+        return self.mesh.dp_sum(torch.tensor(values, dtype=torch.float64, device=self.mesh.device)).tolist()
 
     def sync_weights(self, version: int) -> float:
-        """Rank 0 sends the policy to the rollout actors (once per version of the weights)."""
+        """The policy, gathered whole onto rank 0 (every rank takes part), goes to the rollout
+        actors once per version of the weights."""
         started = time.perf_counter()
-        if self.rank0 and version != self.synced:
-            self.job.pool.sync(self.policy.state_dict(), version)
+        if version != self.synced:
+            state = full_state(self.model, self.mesh, everywhere=False)
+            if self.rank0:
+                self.job.pool.sync(state, version)
             self.synced = version
         return time.perf_counter() - started
 
@@ -203,8 +229,8 @@ class Learner:
         return scores
 
     def logprobs(self, model: torch.nn.Module, rows: Rows, index: list[int]) -> tuple[torch.Tensor, ...]:
-        inputs, targets, mask, _ = tensors(rows, index, self.job.pad_id, self.acc.device)
-        with self.acc.autocast():
+        inputs, targets, mask, _ = self.tensors(rows, index)
+        with self.compute():
             logits = model(inputs)
         return grpo.token_logprobs(logits, targets), mask
 
@@ -314,16 +340,16 @@ class Learner:
                     norm = totals[s.minibatches + m]
                 else:
                     norm = totals[s.minibatches + m] * s.max_new_tokens
-                # the whole batch's count (kept rows are `share` of it); DDP averages the ranks' gradients
+                # the whole batch's count (kept rows are `share` of it); DDP/FSDP2 average the dp ranks' gradients
                 norm = max(norm, 1.0) / max(share, 1e-9) / self.world
                 chunk = sorted(chunk, key=lambda i: len(rows.seqs[i]))  # similar lengths share a micro batch
                 pieces = [chunk[i : i + s.micro_batch] for i in range(0, len(chunk), s.micro_batch)]
                 for p, index in enumerate(pieces):
-                    inputs, targets, mask, adv = tensors(rows, index, self.job.pad_id, self.acc.device)
-                    # Every rank runs as many micro batches (rows are padded to equal shares), so
-                    # gradients are all-reduced once per optimizer step, on the last one.
-                    with self.acc.no_sync(self.model) if p < len(pieces) - 1 else contextlib.nullcontext():
-                        with self.acc.autocast():
+                    inputs, targets, mask, adv = self.tensors(rows, index)
+                    # Every rank runs as many micro batches (rows are padded to equal shares); DDP
+                    # all-reduces gradients once per optimizer step, on the last one.
+                    with layout.gradient_sync(self.model, self.layout, sync=p == len(pieces) - 1):
+                        with self.compute():
                             logits = self.model(inputs)
                         logp = grpo.token_logprobs(logits, targets)
                         if epoch == 0 and fresh:
@@ -334,9 +360,9 @@ class Learner:
                         loss, stats = grpo.policy_loss(
                             logp, old_logp, adv, mask, s.clip_low, s.clip_high, s.kl_coef, ref_logp, s.aggregation, norm
                         )
-                        self.acc.backward(loss)
+                        loss.backward()
                     processed += int(inputs.numel())
-                    sums["loss"] += float(loss.detach()) * norm * self.world / max(totals[m], 1.0)
+                    sums["loss"] += float(loss.detach()) * norm / max(totals[m], 1.0)  # summed over ranks below
                     for key in keys[:5]:
                         sums[key] += float(stats[key])
                     if epoch == 0:
@@ -345,7 +371,7 @@ class Learner:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr_at(step, s)
                 if s.grad_clip:
-                    sums["grad_norm"] += float(self.acc.clip_grad_norm_(self.model.parameters(), s.grad_clip))
+                    sums["grad_norm"] += clip_grad_norm(self.params, s.grad_clip, self.mesh)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 sums["updates"] += 1
@@ -400,7 +426,7 @@ class Learner:
         last = rewards[-max(1, len(rewards) // 4) :]
         metrics = {
             "steps": float(s.steps),
-            "world_size": float(self.world),
+            "world_size": float(self.mesh.size),
             "reward_first_quarter": float(np.mean(first)) if rewards else 0.0,
             "reward_last_quarter": float(np.mean(last)) if rewards else 0.0,
             "groups_kept": t["groups_kept"],
@@ -446,7 +472,8 @@ class Learner:
         return result
 
 
-def train(job: Job, log: Log | None = None) -> tuple[GPT, Result]:
+def train(job: Job, log: Log | None = None) -> tuple[GPT | None, Result]:
+    """GRPO; returns the final policy as a plain model on rank 0 (None on the others) and the result."""
     learner = Learner(job, log)
     result = learner.run()
-    return learner.policy, result
+    return plain_copy(learner.model, learner.mesh, everywhere=False), result

@@ -137,6 +137,7 @@ def run(ctx: StageContext) -> dict[str, float]:
         cfg.reward_timeout_s,
         cfg.generation_batch,
         cfg.torch_threads,
+        device="cuda" if cfg.actor_gpus else "cpu",  # an actor without a GPU share never touches one
     )
     actors = start_actors(cfg, spec)
     try:
