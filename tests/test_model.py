@@ -8,7 +8,7 @@ from stages.common.model import GPTConfig, build, cross_entropy, load_pretrained
 SMALL = dict(vocab_size=300, seq_len=32, n_layer=2, n_head=4, d_model=32)
 
 
-@pytest.mark.parametrize("extra", [{}, {"n_kv_head": 2}, {"mlp": "swiglu"}, {"qk_norm": False}])
+@pytest.mark.parametrize("extra", [{}, {"n_kv_head": 2}, {"mlp": "relu2"}, {"qk_norm": False}])
 def test_parameter_count_matches_modules(extra):
     cfg = GPTConfig(**SMALL, **extra)
     model = build(cfg, seed=0)

@@ -1,7 +1,9 @@
 """A modern decoder-only GPT, plain enough to read in one sitting.
 
 Token embedding -> N x [RMSNorm -> causal self-attention (RoPE, optional QK-norm, grouped
-KV heads) -> RMSNorm -> MLP (ReLU^2 or SwiGLU)] -> RMSNorm -> untied output head. No biases.
+KV heads) -> RMSNorm -> MLP (SwiGLU, or ReLU^2)] -> RMSNorm -> untied output head. No biases.
+With SwiGLU this is Hugging Face's Qwen3 (with QK-norm) or Llama (without) block, so `z2h export`
+writes it as one; ReLU^2 has no stock architecture and stays inside z2h.
 Parallelism lives elsewhere (torchtitan style): layers sit in a ModuleDict keyed by their
 index so a pipeline stage can delete the ones it does not own, and the embedding, final
 norm and head may be None on stages that do not hold them. Attention reshapes with -1
@@ -41,7 +43,7 @@ class GPTConfig:
     n_head: int = 4
     n_kv_head: int | None = None  # None: as many as query heads (plain multi-head attention)
     d_model: int = 128
-    mlp: Literal["relu2", "swiglu"] = "relu2"
+    mlp: Literal["relu2", "swiglu"] = "swiglu"  # swiglu: a Llama/Qwen3 block, exportable (use/hf_model.py)
     mlp_ratio: float = 4.0
     qk_norm: bool = True
     rope_theta: float = 10_000.0
@@ -66,8 +68,8 @@ class GPTConfig:
     @property
     def hidden_dim(self) -> int:
         hidden = int(self.mlp_ratio * self.d_model)
-        if self.mlp == "swiglu":  # same parameter count as a ReLU^2 MLP of mlp_ratio
-            hidden = int(2 * hidden / 3)
+        if self.mlp == "swiglu":  # ~ the parameter count of a ReLU^2 MLP of mlp_ratio (three matrices, not two),
+            hidden = 8 * math.ceil(2 * hidden / 3 / 8)  # rounded up to a multiple of 8 so tp = 2, 4, 8 divide it
         return hidden
 
     def num_params(self, embedding: bool = True) -> int:
