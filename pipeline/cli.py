@@ -22,9 +22,14 @@ from pipeline.redact import redact
 from use import commands as use_commands
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from rich.console import Console
+    from rich.table import Table
 
     from pipeline import config as config_io
+    from pipeline.budget import Budget
+    from pipeline.graph import Plan
 
 EPILOG = f"""examples:
   z2h run configs/tiny.yaml                       run the whole pipeline, reusing cached stages
@@ -166,9 +171,11 @@ def stderr_console() -> Console:
 def cmd_plan(args: argparse.Namespace, console: Console) -> int:
     from rich.table import Table
 
+    from pipeline import budget
     from pipeline.store import open_store
 
     plan = _plan(args)
+    budgets = budget.estimate(plan)
     store = open_store(plan.config.run.store, plan.config.run.workdir)
     if args.verify:
         for item in plan.stages:
@@ -189,16 +196,49 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
             f"[{colours[status]}]{status}[/]",
             item.resources.describe(),
             note,
-            item.stage.summary(item.config, plan.config) if item.stage.summary else "",
+            budgets[item.name].details if item.name in budgets else "",
         )
     stdout_console().print(table)
+    stdout_console().print(_budget_table(plan, budgets))
+    budget.refuse_unfit(plan, budgets)
     return 0
 
 
+def _budget_table(plan: Plan, budgets: Mapping[str, Budget]) -> Table:
+    """Each stage's estimated cost on `cluster.hardware` (time only where the config names it)."""
+    from rich.table import Table
+
+    from pipeline.budget import amount, capacity_gb, duration
+
+    hardware = plan.config.cluster.hardware
+    where = hardware.describe() if hardware else "no cluster.hardware: no time estimates or memory checks"
+    table = Table(title=f"budgets: {where}")
+    for column in ("stage", "data", "tokens", "steps", "FLOPs", "memory/worker", "holds", "time"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for item in plan.stages:
+        found = budgets.get(item.name)
+        if found is None:
+            continue
+        memory = "-" if found.memory_gb is None else f"{found.memory_gb:.1f} GB" + (" GPU" if found.on_gpu else "")
+        holds = f"{capacity_gb(item, found, hardware):.0f} GB" if hardware and found.memory_gb is not None else "-"
+        table.add_row(
+            item.name,
+            amount(found.data_bytes, "B"),
+            amount(found.tokens),
+            "-" if found.steps is None else f"{found.steps:,}",
+            "-" if found.flops is None else f"{found.flops:.2e}",
+            memory,
+            holds,
+            duration(found.seconds),
+        )
+    return table
+
+
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from pipeline import reports, runner
+    from pipeline import budget, reports, runner
 
     plan = _plan(args)
+    budget.refuse_unfit(plan)  # before anything runs: a stage whose memory cannot fit is a config error
     result = runner.run(plan, command=["z2h", *args.argv], console=console)
     reports.print_summary(result, plan, console)
     return result.exit_code

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from pipeline.budget import Hardware
 from pipeline.errors import UsageError
 from pipeline.stage import Stage, StageConfig
 
@@ -82,6 +83,9 @@ class ClusterConfig(BaseModel):
     check_resources: bool = Field(
         True, description="refuse a stage the nodes present cannot hold; false for a cluster that autoscales"
     )
+    hardware: Hardware | None = Field(
+        None, description="the machines the config is sized for: z2h plan's time estimates and memory refusals"
+    )
 
 
 @dataclass
@@ -113,7 +117,8 @@ def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
-    """Apply one `a.b.c=value` override; the value is parsed as YAML (`3e-4`, `[1,2]`, `null`)."""
+    """Apply one `a.b.c=value` override; the value is parsed as YAML (`3e-4`, `[1,2]`, `null`). A number
+    picks an entry of a list: `stages.data.sources.0.dataset=DIR` changes one key of the first source."""
     key, sep, text = assignment.partition("=")
     if not sep or not key.strip():
         raise UsageError(f"--set {assignment!r}: expected KEY=VALUE, e.g. stages.pretrain.lr=3e-4")
@@ -122,16 +127,27 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError as exc:
         raise UsageError(f"--set {key}: value {text!r} is not valid YAML ({exc.__class__.__name__})") from None
-    node = raw
-    for depth, part in enumerate(parts[:-1]):
-        child = node.get(part)
+    node: dict[str, Any] | list[Any] = raw
+    for depth, part in enumerate(parts):
+        where = ".".join(parts[: depth + 1])
+        slot: Any = _position(node, part, key, where) if isinstance(node, list) else part
+        if depth == len(parts) - 1:
+            node[slot] = value
+            break
+        child = node[slot] if isinstance(node, list) else node.get(part)
         if child is None:
-            child = node[part] = {}
-        elif not isinstance(child, dict):
-            where = ".".join(parts[: depth + 1])
+            child = node[slot] = {}
+        elif not isinstance(child, dict | list):
             raise UsageError(f"--set {key}: {where} is a {type(child).__name__}, not a section")
         node = child
-    node[parts[-1]] = value
+
+
+def _position(items: list[Any], part: str, key: str, where: str) -> int:
+    """The list entry a `--set` path names by number."""
+    if not part.isdigit() or int(part) >= len(items):
+        last = f"0..{len(items) - 1}" if items else "none: it is empty"
+        raise UsageError(f"--set {key}: {where.rpartition('.')[0]} is a list of {len(items)}; pick an entry ({last})")
+    return int(part)
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
+    from pipeline.budget import Budget
     from pipeline.lineage import Tracker
     from pipeline.progress import Progress
     from pipeline.report_blocks import Block
@@ -136,7 +137,8 @@ class Stage:
     inputs:        config -> {name: identity} of files the stage reads from outside the store (size and
                    mtime, or a content hash), part of the fingerprint: an edited input is not served from cache
     commands:      extra CLI subcommands
-    summary:       (config, pipeline config) -> one line for `z2h plan` (sizes, budgets)
+    budget:        (config, pipeline config, upstream budgets) -> `pipeline.budget.Budget` for `z2h plan`: data,
+                   tokens, steps, FLOPs, memory per worker and time on `cluster.hardware`, plus a line of details
     """
 
     name: str
@@ -150,7 +152,7 @@ class Stage:
     inputs: Callable[[Any], Mapping[str, str]] | None = None
     commands: Mapping[str, StageCommand] = field(default_factory=dict)
     description: str = ""
-    summary: Callable[[Any, Any], str] | None = None
+    budget: Callable[[Any, Any, Mapping[str, Budget]], Budget] | None = None
 
     def needs_for(self, config: Any) -> tuple[str, ...]:
         """The upstream stages this stage reads under its validated `config`."""

@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from pipeline.stage import Resources, Stage, StageCommand
+from stages.data.budget import budget
 from stages.data.config import DataConfig
 from stages.data.report import SECTION
 from stages.data.run import run
@@ -54,6 +55,7 @@ stage = Stage(
     resources=resources,
     report=SECTION,
     inputs=input_identities,
+    budget=budget,
     commands={
         "samples": StageCommand(
             help="build (or find cached) the offline sample corpus: real text packed into WARC files",

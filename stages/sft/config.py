@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from pipeline.stage import StageConfig, cosmetic
 from stages.common.model import GPTConfig
@@ -16,6 +16,7 @@ from stages.common.parallel.checks import (
     tp_problems,
     workers_problems,
 )
+from stages.sft.init import PRETRAIN, StartingPoint, resolve, store_root
 
 
 class SourceConfig(BaseModel):
@@ -62,6 +63,14 @@ def _default_sources() -> list[SourceConfig]:
 
 
 class SFTConfig(StageConfig):
+    init: str = cosmetic(
+        PRETRAIN,
+        "the base model: pretrain (this run's stage), STAGE/FINGERPRINT (a unique prefix of an entry in this run's "
+        "store) or a folder holding a z2h model (config.json + model.safetensors), e.g. another run's output; "
+        "from elsewhere, the pipeline needs no pretrain stage; the model's identity, not this name, is in the "
+        "fingerprint",
+        min_length=1,
+    )
     sources: list[SourceConfig] = Field(default_factory=_default_sources, min_length=1)
     heldout_fraction: float = Field(0.05, gt=0, lt=1, description="conversations held out, by a hash of their content")
     max_seq_len: int | None = Field(None, ge=16, description="tokens per row; None: the base model's seq_len")
@@ -93,6 +102,7 @@ class SFTConfig(StageConfig):
     gpus_per_worker: float = Field(0.0, ge=0)
     log_every: int = cosmetic(10, "train loss to MLflow every N optimizer steps", ge=1)
     examples_per_reason: int = cosmetic(3, "skipped rows shown per reason in stats.json", ge=0)
+    _start: StartingPoint | None = PrivateAttr(None)  # what `init` names, resolved when the pipeline is validated
 
     @model_validator(mode="after")
     def _unique_names(self) -> SFTConfig:
@@ -109,9 +119,24 @@ class SFTConfig(StageConfig):
             found += tp_problems(model, self.tp, self.max_seq_len or model.seq_len)
         return found
 
+    def starting_point(self) -> StartingPoint | None:
+        """The model `init` names (None: this run's pretrain stage); a folder is resolved without the store."""
+        if self.init == PRETRAIN:
+            return None
+        return self._start or resolve(self.init, None)
+
     def check_against(self, pipeline: Any) -> None:
-        """Against the pretrain stage's model shape when the pipeline has one (a base model from
-        elsewhere is checked when the workers load it)."""
-        found = self.problems(pipeline_model(pipeline))
+        """Against the base model's shape: the pretrain stage's, or that of the model `init` names, which is
+        resolved here (so a missing or ambiguous one is a config error) and must hold the tokenizer's ids."""
+        found = []
+        if self.init == PRETRAIN:
+            model = pipeline_model(pipeline)
+        else:
+            self._start = resolve(self.init, store_root(pipeline.run))
+            model = self._start.model()
+            vocab = getattr(pipeline.stages.get("tokenizer"), "vocab_size", None)
+            if vocab is not None and model.vocab_size < vocab:
+                found.append(f"init: {self._start.label} has {model.vocab_size} token ids, the tokenizer {vocab}")
+        found += self.problems(model)
         if found:
             raise ValueError("; ".join(found))

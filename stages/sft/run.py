@@ -13,11 +13,12 @@ from dataclasses import fields
 from functools import partial
 from pathlib import Path
 
-from pipeline.lineage import Tracker, upstream_model_id
-from pipeline.stage import StageContext
+from pipeline.lineage import DatasetRef, Tracker, upstream_model_id
+from pipeline.stage import StageContext, UpstreamOutput
 from stages.common import packages
 from stages.common.chat import ASSISTANT_END, prompt_and_reply
 from stages.common.model import GPTConfig, save_pretrained
+from stages.common.model_folder import check_tokenizer
 from stages.common.tasks import reply_number
 from stages.common.tokenizer import Tokenizer, load
 from stages.common.worker_group import WorkerGroup, launch
@@ -39,13 +40,13 @@ def _worker(job: Job, tracker: Tracker, out: Path | None) -> dict[str, float]:
     return metrics
 
 
-def _job(ctx: StageContext, data: Prepared, tokenizer: Tokenizer) -> Job:
+def _job(ctx: StageContext, model_dir: Path, data: Prepared, tokenizer: Tokenizer) -> Job:
     cfg: SFTConfig = ctx.config
     # Settings are the config's training fields (plain data for the workers) plus the run's seed.
     names = [f.name for f in fields(Settings) if f.name != "seed"]
     settings = Settings(**{name: getattr(cfg, name) for name in names}, seed=ctx.seed)
     return Job(
-        model_dir=str(ctx.upstream["pretrain"] / "model"),
+        model_dir=str(model_dir),
         train_ids=data.train.ids,
         train_mask=data.train.mask,
         heldout_ids=data.heldout.ids,
@@ -70,18 +71,29 @@ def _samples(data: Prepared, replies: list[list[int]], tokenizer: Tokenizer, wor
                 "prompt": prompt[-1]["content"][:500],
                 "reply": text[:1000],
                 "reference": reference[:500],
-                "correct": reply_number(text) == reply_number(reference)
-                if example.source == "arith"
-                else None,
+                "correct": reply_number(text) == reply_number(reference) if example.source == "arith" else None,
             }
         )
     return rows
 
 
+def _base_model(ctx: StageContext, tokenizer: Tokenizer) -> tuple[Path, UpstreamOutput]:
+    """The model folder SFT starts from and where it came from (for the LoggedModel link). A model from
+    elsewhere must have been trained with this run's tokenizer; it is logged as the run's base model input."""
+    start = ctx.config.starting_point()  # as resolved (and fingerprinted) when the run was planned
+    if start is None:
+        pretrain = ctx.upstream_output("pretrain")
+        return pretrain.folder / "model", pretrain
+    check_tokenizer(start.folder, tokenizer)
+    ctx.tracker.log_datasets([DatasetRef("base model", start.digest, str(start.folder))], context="base model")
+    ctx.logger.info("sft: starting from %s", start.label)
+    return start.folder, UpstreamOutput(start.label, start.folder.parent, start.run_id)
+
+
 def run(ctx: StageContext) -> dict[str, float]:
     cfg: SFTConfig = ctx.config
     tokenizer = load(ctx.upstream["tokenizer"] / "tokenizer")
-    model_dir = ctx.upstream["pretrain"] / "model"
+    model_dir, base = _base_model(ctx, tokenizer)
     model_cfg = GPTConfig.from_json((model_dir / "config.json").read_text())
     seq_len = cfg.max_seq_len or model_cfg.seq_len
     if seq_len > model_cfg.seq_len:
@@ -101,7 +113,7 @@ def run(ctx: StageContext) -> dict[str, float]:
 
     landing = ctx.scratch_dir / "result"
     metrics = launch(
-        partial(_worker, _job(ctx, data, tokenizer), ctx.tracker),
+        partial(_worker, _job(ctx, model_dir, data, tokenizer), ctx.tracker),
         WorkerGroup("sft", cfg.workers, cfg.cpus_per_worker, cfg.gpus_per_worker),
         ctx.scratch_dir / "ray_train",
         landing,
@@ -127,7 +139,7 @@ def run(ctx: StageContext) -> dict[str, float]:
     ctx.tracker.log_model(
         "sft",
         ctx.output_dir / "model",
-        base_model_id=upstream_model_id(ctx.tracker, ctx.upstream_output("pretrain"), ctx.logger),
+        base_model_id=upstream_model_id(ctx.tracker, base, ctx.logger),
         params={
             "config": cfg.model_dump(mode="json"),
             "seq_len": seq_len,
