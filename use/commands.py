@@ -1,4 +1,4 @@
-"""`z2h chat`, `z2h sample` and `z2h serve`: their arguments and what they run.
+"""`z2h chat`, `z2h sample`, `z2h serve` and `z2h export`: their arguments and what they run.
 
 Importing this module costs only argparse, so the CLI can build its parser (and `z2h --help`)
 without torch; the model and its engine load when a command runs. Where the run lives (`-c CONFIG`,
@@ -128,6 +128,40 @@ def run_serve(args: argparse.Namespace) -> int:
     return serve(_open_model(args), args.host, args.port, api_key, args.max_batch, args.max_queue)
 
 
+def _export_args(parser: argparse.ArgumentParser) -> None:
+    _target_args(parser)
+    parser.add_argument(
+        "out", type=Path, metavar="OUT", help="folder for the Hugging Face model (transformers loads it)"
+    )
+    parser.add_argument("--force", action="store_true", help="write into OUT even when it is not empty")
+    parser.add_argument(
+        "--push",
+        metavar="REPO",
+        default=None,
+        help="then upload OUT to this Hub repo (network; hf auth login or $HF_TOKEN)",
+    )
+    parser.add_argument("--no-log", action="store_true", help="do not log the export to the model's MLflow run (hf/)")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from use.export import export
+    from use.locate import Place, resolve
+
+    place = Place.of(args.run_config)
+    found = resolve(args.target, place)
+    done = export(
+        found,
+        args.out,
+        force=args.force,
+        tokenizer_dir=args.tokenizer,
+        tracking_uri=place.tracking_uri,
+        log=not args.no_log,
+        push=args.push,
+    )
+    print(done.summary(found.label))
+    return 0
+
+
 COMMANDS = {
     "chat": ModelCommand(
         help="chat in the terminal with the latest model (or a stage, run id or model folder); streams tokens",
@@ -138,6 +172,11 @@ COMMANDS = {
         help="one-shot completions from any model (base: plain text; sft/rl: chat template)",
         configure=_sample_args,
         run=run_sample,
+    ),
+    "export": ModelCommand(
+        help="write a model as a Hugging Face folder (Qwen3/Llama, fast tokenizer, chat template, model card)",
+        configure=_export_args,
+        run=run_export,
     ),
     "serve": ModelCommand(
         help="an OpenAI-compatible HTTP server (chat, completions, streaming) with a chat page at /",
