@@ -189,6 +189,7 @@ class Runner:
                 outcome = self._build(parent, item, address)
                 outcomes.append(outcome)
                 failed = outcome.status == "failed"
+            self._register(parent, outcomes)
             report = self._report(parent)
         except KeyboardInterrupt:
             status = "KILLED"
@@ -323,6 +324,21 @@ class Runner:
     def _upload_log(tracker: Tracker, log_file: Path) -> None:
         if log_file.exists():
             tracker.log_artifact(log_file, "logs")
+
+    def _register(self, parent: Tracker, outcomes: list[StageOutcome]) -> None:
+        """The run's models become versions of the registered model named after the pipeline, with aliases
+        (pipeline/model_registry.py). The registry is a view of the run: a failure there never fails it."""
+        from pipeline import model_registry
+
+        runs = [o.run_id for o in outcomes if o.status in ("done", "cached") and o.run_id]
+        try:
+            registered = model_registry.register(parent, self.config.run.name, runs)
+        except Exception as exc:
+            self.console.print(f"[yellow]z2h: models not registered ({type(exc).__name__}: {exc})[/]")
+            return
+        if registered:
+            shown = ", ".join(f"@{r.alias} v{r.version}" + ("" if r.new else " (kept)") for r in registered)
+            self.console.print(f"[bold]z2h[/] registered models:/{self.config.run.name}: {shown}")
 
     def _report(self, parent: Tracker) -> Path | None:
         """The report card (markdown + self-contained HTML) under `<workdir>/reports/<run id>/`, logged

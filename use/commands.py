@@ -33,8 +33,9 @@ def _target_args(parser: argparse.ArgumentParser) -> None:
         "target",
         nargs="?",
         metavar="TARGET",
-        help="a stage name (pretrain or base, sft, rl), a store entry (sft/3fa2...), a model folder or an MLflow "
-        "run id (pipeline or stage run); default: the latest model in the store (rl, else sft, else pretrain)",
+        help="a stage name (pretrain or base, sft, rl), a store entry (sft/3fa2...), a model folder, an MLflow "
+        "run id (pipeline or stage run) or a registered model (models:/<pipeline>@base|sft|rl|latest); default: "
+        "the latest model in the store (rl, else sft, else pretrain)",
     )
     parser.add_argument(
         "--tokenizer", type=Path, default=None, help="tokenizer folder (default: the one the model was trained with)"

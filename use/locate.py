@@ -190,6 +190,10 @@ def resolve(target: str | None, place: Place) -> Found:
         if place.store is None:
             raise UsageError(f"name a model: {_what_exists(place)}")
         raise UsageError(f"no model in {place.store} yet: run `z2h run configs/tiny.yaml` first")
+    if target.startswith("models:/"):  # a registered model version: found as the run that produced it
+        from use.registered import producing_run
+
+        target = producing_run(target, place.tracking_uri)
     stage = "pretrain" if target == "base" else target
     if stage in MODEL_STAGES:
         of_stage = [e for e in entries if e.stage == stage]
