@@ -1,8 +1,11 @@
 """The MLflow Model Registry on a sqlite store: a pipeline run registers its models once each, with
 aliases (base, sft, rl) and lineage tags; a rerun that reuses a stage adds no version; model commands
-resolve `models:/<name>@<alias>` (and `/<version>`, `@latest`) to the producing stage's model."""
+resolve `models:/<name>@<alias>` (and `/<version>`, `@latest`) to the producing stage's model, and an
+export of a registered model is logged to the run that produced it."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 from eval_tiny import FINGERPRINTS, write_store
@@ -10,6 +13,8 @@ from eval_tiny import FINGERPRINTS, write_store
 from pipeline.errors import UsageError
 from pipeline.lineage import end_run, experiment_id, start_run
 from pipeline.model_registry import register
+from pipeline.store import Manifest
+from use.export import export
 from use.locate import Place, resolve
 
 
@@ -46,6 +51,9 @@ def registry(tmp_path_factory):
     ]
     new_sft = _stage_run(uri, experiment, second, "sft", None, entries["sft"] / "model", "sft")
     registered_second = register(second, "tiny", [*(r.run_id for r in hits), new_sft.run_id])
+    manifest = Manifest.from_json((entries["sft"] / "manifest.json").read_text())
+    manifest.run_id = new_sft.run_id  # the store entry names the run that produced it, as the runner writes it
+    (entries["sft"] / "manifest.json").write_text(manifest.to_json())
     return {
         "workdir": workdir,
         "uri": uri,
@@ -92,3 +100,27 @@ def test_registered_model_targets_resolve_to_the_producing_stage_s_model(registr
         resolve("models:/tiny/9", place)
     with pytest.raises(UsageError, match="expected models:/<name>@<alias>"):
         resolve("models:/tiny", place)
+
+
+def test_an_export_is_logged_to_the_run_that_produced_the_model(registry, tmp_path):
+    from mlflow import MlflowClient
+
+    workdir, uri = registry["workdir"], registry["uri"]
+    found = resolve("models:/tiny@sft", Place(workdir / "store", uri, workdir / "cache" / "models"))
+    done = export(found, tmp_path / "hf", tracking_uri=uri)
+    producer = registry["new_sft"].run_id
+    assert done.logged_to == producer and done.architecture == "Qwen3ForCausalLM"
+    logged = {Path(a.path).name for a in MlflowClient(uri).list_artifacts(producer, "hf")}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md"} <= logged
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert producer in card and registry["pipelines"][1].run_id in card  # the stage run and its pipeline run
+
+
+def test_z2h_export_on_the_command_line(registry, tmp_path, capsys):
+    from pipeline import cli
+
+    out, workdir = tmp_path / "base", registry["workdir"]
+    assert cli.main(["export", "models:/tiny@base", str(out), "--workdir", str(workdir), "--no-log"]) == 0
+    assert "as Qwen3ForCausalLM to" in capsys.readouterr().out
+    assert cli.main(["export", "models:/tiny@base", str(out), "--workdir", str(workdir)]) == 2
+    assert "is not empty; pass --force" in capsys.readouterr().err

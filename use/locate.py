@@ -7,6 +7,7 @@ A target is one of:
   PATH                 a model folder (config.json + model.safetensors) or a store entry holding model/
   RUN_ID               an MLflow run: a pipeline run (its latest model stage) or a model stage's run;
                        read from the store, or downloaded from MLflow when the store lost it
+  models:/NAME@ALIAS   a registered model version (also models:/NAME/VERSION): the run that produced it
 Anything else is a one-line error that lists what exists. Where to look is a run's `Place`: its
 store, its MLflow tracking store and a cache for models fetched back from MLflow. A store on a URI
 (`s3://...`) is not listed: name a run id there (its model is fetched from MLflow) or a folder.
