@@ -103,3 +103,10 @@ def test_set_reaches_into_lists_by_position():
     ):
         with pytest.raises(UsageError, match=message):
             config_io.apply_override(raw, bad)
+
+
+def test_hardware_is_validated_with_the_config(tmp_path: Path):
+    with pytest.raises(UsageError, match=r"cluster\.hardware\.mfu: .*less than or equal to 1"):
+        plan_of("gpt2-124m-1gpu.yaml", tmp_path, "cluster.hardware.mfu=1.5")
+    with pytest.raises(UsageError, match=r"cluster\.hardware\.flops: .*(Extra inputs|unknown key)"):
+        plan_of("gpt2-124m-1gpu.yaml", tmp_path, "cluster.hardware.flops=1")
