@@ -11,6 +11,8 @@ from stages.common.model import GPTConfig
 from stages.common.parallel.checks import (
     DataParallel,
     dp_mode_problems,
+    finetune_dp_mode,
+    finetune_pp,
     no_pipeline,
     pipeline_model,
     tp_problems,
@@ -83,12 +85,8 @@ class RLConfig(StageConfig):
     learner_cpus: float = Field(1.0, gt=0)
     learner_gpus: float = Field(0.0, ge=0, description="per learner worker; see actor_placement")
     tp: int = Field(1, ge=1, description="learner tensor-parallel degree (DTensor, sequence parallel)")
-    dp_mode: DataParallel = Field(
-        "ddp",
-        description="ddp: replicated weights (2 CPU workers, tiny shape: 11% less time a step than fsdp); fsdp: FSDP2 "
-        "shards weights, grads and optimiser state over dp (needed with tp, and for models one worker cannot hold)",
-    )
-    pp: int = Field(1, ge=1, description="pipeline parallelism is pretraining's alone: must stay 1")
+    dp_mode: DataParallel = finetune_dp_mode()
+    pp: int = finetune_pp()
     # The rollout actors and where they sit (see `placement_problems`).
     rollout_actors: int = Field(1, ge=1, description="Ray actors that hold the policy and sample")
     actor_cpus: float = Field(1.0, gt=0)

@@ -11,6 +11,8 @@ from stages.common.model import GPTConfig
 from stages.common.parallel.checks import (
     DataParallel,
     dp_mode_problems,
+    finetune_dp_mode,
+    finetune_pp,
     no_pipeline,
     pipeline_model,
     tp_problems,
@@ -92,12 +94,8 @@ class SFTConfig(StageConfig):
     # The mesh (stages.common.parallel, as pretraining's without its pipeline): workers = dp * tp.
     workers: int = Field(2, ge=1, description="Ray Train workers: dp * tp")
     tp: int = Field(1, ge=1, description="tensor-parallel degree (DTensor, sequence parallel, vocab-parallel loss)")
-    dp_mode: DataParallel = Field(
-        "ddp",
-        description="ddp: replicated weights (2 CPU workers, tiny shape: 11% less time a step than fsdp); fsdp: FSDP2 "
-        "shards weights, grads and optimiser state over dp (needed with tp, and for models one worker cannot hold)",
-    )
-    pp: int = Field(1, ge=1, description="pipeline parallelism is pretraining's alone: must stay 1")
+    dp_mode: DataParallel = finetune_dp_mode()
+    pp: int = finetune_pp()
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
     log_every: int = cosmetic(10, "train loss to MLflow every N optimizer steps", ge=1)
