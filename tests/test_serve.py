@@ -287,11 +287,9 @@ def test_a_full_queue_answers_429_and_then_serves_again(served):
         refused = [a for a in answers if a.status_code == 429]
         assert refused and {a.status_code for a in answers} == {200, 429}
         assert all(a.json()["error"]["code"] == "queue_full" and a.headers["retry-after"] for a in refused)
-        assert all(
-            a.json()["choices"][0]["text"] == answers[0].json()["choices"][0]["text"]
-            for a in answers
-            if a.status_code == 200
-        )
+        # Every admitted request got the same greedy reply (the first answer may itself be a refusal).
+        replies = {a.json()["choices"][0]["text"] for a in answers if a.status_code == 200}
+        assert len(replies) == 1
         assert post(crowd, "/v1/completions", body).status_code == 200
 
 
