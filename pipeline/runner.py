@@ -150,12 +150,11 @@ class Runner:
         """Shared storage on a multi-node cluster; every stage to run fits the nodes present."""
         nodes = placement.alive_nodes()
         storage.check(self.config.run, len(nodes))
-        self.store.check()
-        if not self.config.cluster.check_resources:
-            return
-        for item in self.plan.selected:
-            if item.status == "run" and (problem := placement.problem(item.name, item.resources, nodes)):
-                raise UsageError(problem)
+        if self.config.cluster.check_resources:
+            for item in self.plan.selected:
+                if item.status == "run" and (problem := placement.problem(item.name, item.resources, nodes)):
+                    raise UsageError(problem)
+        self.store.check()  # last: its write probe creates the store, and a refused run leaves nothing behind
 
     def _stage_run(self, parent: Tracker, item: PlannedStage, extra_tags: dict[str, str]) -> Tracker:
         tags = {
