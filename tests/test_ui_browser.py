@@ -1,8 +1,8 @@
 """`z2h ui` in a real browser: a toy pipeline run (real Ray, real sqlite MLflow store), the UI served by
 `z2h ui` on 127.0.0.1, and headless Chromium (Debian's package, driven by Playwright through its
 executable path) checking that the pipeline run, its stage runs, their dataset inputs and outputs,
-the logged model and the report card are all visible. Screenshots are kept as test artifacts in
-`$Z2H_TEST_ARTIFACTS` (default `test-artifacts/ui/` in the repo)."""
+the logged model, its registered version and the report card are all visible. Screenshots are kept
+as test artifacts in `$Z2H_TEST_ARTIFACTS` (default `test-artifacts/ui/` in the repo)."""
 
 from __future__ import annotations
 
@@ -167,6 +167,15 @@ def test_ui_shows_pipeline_stages_datasets_and_models(chromium_path, toy_registr
             expect(model_row.get_by_role("status")).to_have_text("Ready")
             expect(page.get_by_role("link", name="model", exact=True)).to_be_visible()  # its source run
             shot("models")
+
+            # The Model Registry: the run registered its model as version 1 of the pipeline's registered
+            # model, under an alias that is the logged model's name.
+            page.goto(f"{url}/#/models")
+            expect(page.get_by_role("link", name="toy", exact=True)).to_be_visible()
+            page.goto(f"{url}/#/models/toy")
+            expect(page.get_by_role("link", name="Version 1", exact=True)).to_be_visible()
+            expect(page.get_by_text("toy-model").first).to_be_visible()
+            shot("registry")
 
             # The report card is an artifact of the pipeline run and renders in MLflow's viewer.
             open_view(f"runs/{parent.info.run_id}/artifacts")
