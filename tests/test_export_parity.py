@@ -147,12 +147,16 @@ def test_greedy_generations_are_identical(exported, name):
         prompts = [[tok.bos_id, *tok.encode(p)] for p in PROMPTS]
         stop = tok.bos_id
     assert theirs.generation_config.eos_token_id == stop
-    never = copy.deepcopy(theirs.generation_config)
-    never.eos_token_id = None
-    for stop_id, config in ((stop, theirs.generation_config), (-1, never)):
+    greedy = copy.deepcopy(theirs.generation_config)
+    greedy.update(do_sample=False, max_new_tokens=24)
+    never = copy.deepcopy(greedy)
+    never.eos_token_id = never.pad_token_id = None
+    # As shipped, generate() needs no attention mask (it would infer one from a pad id found in the prompt).
+    for stop_id, config, mask in ((stop, greedy, False), (-1, never, True)):
         replies = generate(ours, prompts, Sampling(max_new_tokens=24), stop_id)
         for prompt, reply in zip(prompts, replies, strict=True):
-            out = theirs.generate(torch.tensor([prompt]), generation_config=config, do_sample=False, max_new_tokens=24)
+            ids = torch.tensor([prompt])
+            out = theirs.generate(ids, attention_mask=torch.ones_like(ids) if mask else None, generation_config=config)
             assert out[0, len(prompt) :].tolist() == reply
     assert all(len(r) == 24 for r in replies) and len({tuple(r) for r in replies}) > 1
 
@@ -259,6 +263,7 @@ def test_the_folder_and_its_card(exported):
         GPTConfig(**SHAPE).hidden_dim,
     )
     tok = tokenizer()
+    assert config["eos_token_id"] == config["pad_token_id"] == tok.special(ASSISTANT_END)  # see hf_model.hf_config
     assert json.loads((hf_folder / "generation_config.json").read_text())["eos_token_id"] == tok.special(ASSISTANT_END)
     assert json.loads((exported["base"][1] / "generation_config.json").read_text())["eos_token_id"] == tok.bos_id
     card = (hf_folder / "README.md").read_text()

@@ -115,7 +115,7 @@ def write_folder(loaded, out: Path, history, tracking_uri: str | None) -> None:
     generation = {
         "bos_token_id": tokenizer.bos_id,
         "eos_token_id": eos_id,
-        "pad_token_id": tokenizer.bos_id,
+        "pad_token_id": eos_id,  # see hf_model.hf_config
         "max_length": cfg.seq_len,
         "do_sample": True,  # z2h chat's defaults
         "temperature": 0.8,

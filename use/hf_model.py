@@ -60,7 +60,11 @@ def architecture(cfg: GPTConfig) -> Architecture:
 
 
 def hf_config(cfg: GPTConfig, dtype: torch.dtype, bos_id: int, eos_id: int) -> dict:
-    """config.json for `cfg` as its architecture; `eos_id` is where generation stops."""
+    """config.json for `cfg` as its architecture; `eos_id` is where generation stops, and pads.
+
+    z2h has no padding token. Padding with `<|bos|>` would be wrong: called without an attention mask,
+    transformers masks every input token equal to the pad id unless it is also the eos id, and every
+    prompt starts with `<|bos|>`."""
     arch = architecture(cfg)
     config = {
         "architectures": [arch.class_name],
@@ -83,7 +87,7 @@ def hf_config(cfg: GPTConfig, dtype: torch.dtype, bos_id: int, eos_id: int) -> d
         "initializer_range": 0.02,
         "bos_token_id": bos_id,
         "eos_token_id": eos_id,
-        "pad_token_id": bos_id,
+        "pad_token_id": eos_id,  # = eos: generate() then never takes a prompt's <|bos|> for padding
         "use_cache": True,
         "dtype": str(dtype).removeprefix("torch."),
     }

@@ -159,7 +159,7 @@ def tokenizer_config(tokenizer: Tokenizer, eos: str, max_length: int) -> dict:
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": BOS,
         "eos_token": eos,
-        "pad_token": BOS,
+        "pad_token": eos,  # the eos token, as config.json pads (see hf_model.hf_config)
         "additional_special_tokens": others,
         "add_bos_token": True,
         "add_eos_token": False,
