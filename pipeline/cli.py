@@ -44,6 +44,7 @@ EPILOG = f"""examples:
   z2h config --keys stages.pretrain               every key: type, default, description
   z2h chat                                        chat with the latest model (rl, else sft, else pretrain)
   z2h sample base -p "The king" -c configs/tiny.yaml   one-shot completions from a stage's model
+  z2h export models:/tiny@rl out/tiny-rl          a registered model as a Hugging Face folder (transformers)
 
 where a run lives: every command reads it from a config (CONFIG or -c FILE; none: the defaults,
   work dir .z2h); --workdir DIR and --tracking-uri URI are short for --set run.workdir=DIR and
