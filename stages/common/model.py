@@ -200,14 +200,22 @@ class GPT(nn.Module):
     @torch.no_grad()
     def init_weights(self, seed: int) -> None:
         """Deterministic from the seed alone: the same weights on every device and rank.
-        Normal(0, 0.02); residual projections scaled by 1/sqrt(2 * n_layer) (GPT-2)."""
+        Normal(0, 0.02); residual projections scaled by 1/sqrt(2 * n_layer) (GPT-2); the MLP's input
+        projections at fan-in scale, 1/sqrt(d_model). The MLP multiplies two of them (SwiGLU) or squares
+        one (ReLU^2), so at 0.02 its output and gradients start (0.02 * sqrt(d_model))^2 small and learn
+        late (tiny.yaml's shape and steps, one process: held-out loss 5.70 -> 5.01 SwiGLU, 5.39 -> 5.10
+        ReLU^2)."""
         generator = torch.Generator().manual_seed(seed)
         residual_std = 0.02 / math.sqrt(2 * self.cfg.n_layer)
+        mlp_in_std = self.cfg.d_model**-0.5
         for name, param in sorted(self.named_parameters()):
             if param.dim() == 1:  # norm weights
                 param.fill_(1.0)
                 continue
-            std = residual_std if name.endswith(("wo.weight", "w2.weight")) else 0.02
+            if name.endswith(("wo.weight", "w2.weight")):
+                std = residual_std
+            else:
+                std = mlp_in_std if name.endswith(("w1.weight", "w3.weight")) else 0.02
             values = torch.empty(param.shape, dtype=torch.float32).normal_(0.0, std, generator=generator)
             param.copy_(values.to(param.dtype))
         cos, sin = rope_tables(self.cfg.seq_len, self.cfg.head_dim, self.cfg.rope_theta, self.rope_cos.device)
