@@ -20,11 +20,17 @@ Non-stage share: (startup + dispatch + gaps + teardown) / wall, and with `before
 its upper bound. Run 2 repeats the command: every stage must be a cache hit, in seconds. The
 report card of run 1 is rendered again in this process to time it.
 
+Each cold run also reads the tiny pipeline's proofs from its MLflow runs (issue-level targets in
+PROOFS): pretraining's held-out loss, SFT's adherence on its own prompts and eval's chat-format row
+for the SFT model, RL's held-out gain with its standard error. `--seeds 1337,7,42` repeats the cold
+run once per `run.seed`, each in its own work dir, for the robustness table (the cached run follows
+the first seed only).
+
 Both runs use a snapshot of the source taken at the start (`<workdir>/src`, first on PYTHONPATH):
 a fingerprint hashes the stage's code, so an edit in a shared checkout between the two runs
 would otherwise make run 2 rebuild. Prints a table to stderr and a JSON line last.
 
-    python bench/full_run.py [--config configs/tiny.yaml] [--until sft] [--set KEY=VALUE ...]
+    python bench/full_run.py [--config configs/tiny.yaml] [--until sft] [--seeds 1337,7,42] [--set KEY=VALUE ...]
 
 Its smallest run (the CI smoke test, tests/test_bench_smoke.py) is `--until tokenizer` with the
 `--set` overrides that shrink the sample corpus.
@@ -47,7 +53,16 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_SECONDS = 600  # the tiny pipeline on this 2-core machine
-CACHED_TARGET_SECONDS = 60  # "in seconds": Ray start-up dominates
+CACHED_TARGET_SECONDS = 15  # every stage a cache hit
+# (stage, metric, least, most): what the tiny pipeline must show on every seed (missing stages are skipped)
+PROOFS = (
+    ("pretrain", "val_loss", None, 5.59),
+    ("sft", "adherence", 0.95, None),
+    ("eval", "sft/adherence", 0.90, None),
+    ("rl", "accuracy_gain", 0.10, None),
+    ("rl", "heldout_problems", 500, None),
+)
+RL_GAIN_STANDARD_ERRORS = 2.0
 
 
 def log(message: str) -> None:
@@ -223,24 +238,32 @@ def analyse(uri: str, store_root: Path, wall: float, spawn: float) -> dict[str, 
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(REPO / "configs" / "tiny.yaml"))
-    parser.add_argument("--until", help="run this stage and everything upstream (default: the whole pipeline)")
-    parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
-    parser.add_argument("--workdir", type=Path, help="an empty folder to use (default: a fresh temp folder)")
-    parser.add_argument("--keep", action="store_true", help="keep the work dir (printed) afterwards")
-    parser.add_argument("--echo", action="store_true", help="show z2h's output while it runs")
-    args = parser.parse_args()
+def proofs(uri: str, parent: Any) -> dict[str, Any]:
+    """The proofs' numbers from one pipeline run's stage runs, each with whether it met its target."""
+    metrics = {r.data.tags["z2h.stage"]: r.data.metrics for r in stage_runs(uri, parent)}
+    found: dict[str, Any] = {}
+    for stage, key, least, most in PROOFS:
+        value = metrics.get(stage, {}).get(key)
+        if value is None:
+            continue
+        met = (least is None or value >= least) and (most is None or value <= most)
+        found[f"{stage}/{key}"] = {"value": round(value, 4), "met": met}
+    rl = metrics.get("rl", {})
+    if "accuracy_gain" in rl and "accuracy_gain_se" in rl:
+        z = rl["accuracy_gain"] / max(rl["accuracy_gain_se"], 1e-9)
+        found["rl/gain_in_se"] = {"value": round(z, 2), "met": z >= RL_GAIN_STANDARD_ERRORS}
+    for key in ("accuracy_before", "accuracy_after"):
+        if key in rl:
+            found[f"rl/{key}"] = {"value": round(rl[key], 4), "met": True}
+    return found
 
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="z2h-bench-full-run-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    if any(workdir.iterdir()):
-        log(f"bench/full_run.py: {workdir} is not empty; a cold start needs an empty work dir")
-        return 2
+
+def cold_run(args: argparse.Namespace, workdir: Path, seed: int | None) -> dict[str, Any] | None:
+    """One cold `z2h run` in the empty `workdir` (PyPI archives shared, source snapshotted): its
+    timing split, proofs and the arguments that repeat it; None when it failed."""
     packages = REPO / ".z2h" / "cache" / "packages"
     packages.mkdir(parents=True, exist_ok=True)
-    (workdir / "cache").mkdir()
+    (workdir / "cache").mkdir(parents=True)
     (workdir / "cache" / "packages").symlink_to(packages)
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     source = snapshot(workdir / "src")
@@ -248,22 +271,65 @@ def main() -> int:
     if config.is_relative_to(REPO / "configs"):
         config = source / config.relative_to(REPO)
     run_args = [str(config), "--set", f"run.workdir={workdir}"]
+    run_args += ["--set", f"run.seed={seed}"] if seed is not None else []
     run_args += [item for override in args.overrides for item in ("--set", override)]
     run_args += ["--until", args.until] if args.until else []
     log_file = workdir / "bench.log"
-    load_before = os.getloadavg()[0]
-    log(f"bench/full_run.py: cold run in {workdir} (log: {log_file}); load average {load_before:.1f}")
-
+    load = os.getloadavg()[0]
+    log(f"bench/full_run.py: cold run (seed {seed or 'of the config'}) in {workdir} (log: {log_file}); load {load:.1f}")
     spawn = time.time()
-    wall1, lines1, code1, cpu1 = z2h_run(run_args, log_file, args.echo, source)
-    if code1 != 0:
-        log("\n".join(line for _, line in lines1[-40:]))
-        log(f"bench/full_run.py: the cold run failed (exit {code1}); log: {log_file}")
-        return 1
-    cold = analyse(uri, workdir / "store", wall1, spawn)
-    log(f"  cold run: {wall1:.1f} s; now the same command again")
+    wall, lines, code, cpu = z2h_run(run_args, log_file, args.echo, source)
+    if code != 0:
+        log("\n".join(line for _, line in lines[-40:]))
+        log(f"bench/full_run.py: the cold run failed (exit {code}); log: {log_file}")
+        return None
+    cold = analyse(uri, workdir / "store", wall, spawn)
+    found = proofs(uri, cold["parent"])
+    log(
+        f"  cold run: {wall:.1f} s; proofs "
+        + ", ".join(f"{k} {v['value']}{'' if v['met'] else ' (MISSED)'}" for k, v in found.items())
+    )
+    return cold | {
+        "seed": seed,
+        "wall": wall,
+        "cpu": cpu,
+        "uri": uri,
+        "source": source,
+        "run_args": run_args,
+        "log_file": log_file,
+        "load": load,
+        "proofs": found,
+    }
 
-    wall2, lines2, code2, _ = z2h_run(run_args, log_file, args.echo, source)
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(REPO / "configs" / "tiny.yaml"))
+    parser.add_argument("--until", help="run this stage and everything upstream (default: the whole pipeline)")
+    parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
+    parser.add_argument("--workdir", type=Path, help="an empty folder to use (default: a fresh temp folder)")
+    parser.add_argument("--seeds", help="comma-separated run.seed values: one cold run each (default: the config's)")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (printed) afterwards")
+    parser.add_argument("--echo", action="store_true", help="show z2h's output while it runs")
+    args = parser.parse_args()
+
+    base = args.workdir or Path(tempfile.mkdtemp(prefix="z2h-bench-full-run-"))
+    base.mkdir(parents=True, exist_ok=True)
+    if any(base.iterdir()):
+        log(f"bench/full_run.py: {base} is not empty; a cold start needs an empty work dir")
+        return 2
+    seeds: list[int | None] = [int(s) for s in args.seeds.split(",")] if args.seeds else [None]
+    runs = []
+    for seed in seeds:
+        run = cold_run(args, base / f"seed-{seed}" if args.seeds else base, seed)
+        if run is None:
+            return 1
+        runs.append(run)
+    first = cold = runs[0]
+    uri, wall1, cpu1, load_before = first["uri"], first["wall"], first["cpu"], first["load"]
+    workdir = first["log_file"].parent
+    log("  the first cold run's command again")
+    wall2, lines2, code2, _ = z2h_run(first["run_args"], first["log_file"], args.echo, first["source"])
     runs2 = stage_runs(uri, pipeline_runs(uri)[-1])
     hits = [r.data.tags.get("z2h.cache") == "hit" for r in runs2]
     all_hits = code2 == 0 and bool(hits) and all(hits) and len(runs2) == len(cold["stages"])
@@ -297,13 +363,18 @@ def main() -> int:
         f"time on {os.cpu_count()} idle cores); load average {load_before:.1f} before, {load_after:.1f} after "
         "(other work on the machine stretches wall times)"
     )
+    if len(runs) > 1:
+        log(f"{'seed':>6} {'cold s':>8} " + " ".join(f"{k:>22}" for k in runs[0]["proofs"]))
+        for run in runs:
+            cells = [f"{v['value']:>21}{' ' if v['met'] else '!'}" for v in run["proofs"].values()]
+            log(f"{run['seed']:>6} {run['wall']:>8.1f} " + " ".join(cells))
     if args.keep:
-        log(f"work dir kept: {workdir}")
+        log(f"work dir kept: {base}")
     else:
-        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
 
     result = {
-        "bench": "pipeline",
+        "bench": "full_run",
         "config": Path(args.config).name,
         "until": args.until,
         "overrides": args.overrides,
@@ -320,6 +391,17 @@ def main() -> int:
         "cached_all_hits": all_hits,
         "cached_under_target": wall2 < CACHED_TARGET_SECONDS,
         "report_render_s": round(card.seconds, 2),
+        "proofs": first["proofs"],
+        "proofs_met": all(v["met"] for run in runs for v in run["proofs"].values()),
+        "seeds": [
+            {
+                "seed": r["seed"],
+                "cold_wall_s": round(r["wall"], 1),
+                "stages": {k: v["wall_s"] for k, v in r["stages"].items()},
+                "proofs": {k: v["value"] for k, v in r["proofs"].items()},
+            }
+            for r in runs
+        ],
         "load_average": [round(load_before, 1), round(load_after, 1)],
         "cpus": os.cpu_count(),
     }

@@ -282,7 +282,9 @@ class Runner:
         )
         res = item.resources
         own = {"num_cpus": res.cpus, "num_gpus": res.gpus} if res.workers == 1 else {"num_cpus": 0}
-        task = ray.remote(max_retries=STAGE_TASK_RETRIES, **own)(execute)
+        # max_calls=1: each stage gets a fresh worker process, so nothing an earlier stage left in it
+        # (threads, allocator state, module globals) slows or changes this one.
+        task = ray.remote(max_retries=STAGE_TASK_RETRIES, max_calls=1, **own)(execute)
         self.console.print(f"  [blue]running[/] {item.name:<10} {item.fingerprint}  {res.describe()}")
         started = time.time()
         ref = task.remote(job)

@@ -50,12 +50,9 @@ def run(ctx: StageContext) -> dict[str, float]:
         cfg.max_steps,
         cfg.batch_tokens,
     )
-    if cfg.world == 1:  # the stage task holds the worker's CPUs/GPUs: train here, no worker group
-        _train(job, final)
-    else:
-        # A lost worker restarts the group, which resumes from the last DCP checkpoint in scratch.
-        group = WorkerGroup("pretrain", cfg.world, cfg.cpus_per_worker, cfg.gpus_per_worker, cfg.max_failures)
-        launch(partial(_worker, job), group, ctx.scratch_dir / "ray_train", final)
+    # A lost worker restarts the group, which resumes from the last DCP checkpoint in scratch.
+    group = WorkerGroup("pretrain", cfg.world, cfg.cpus_per_worker, cfg.gpus_per_worker, cfg.max_failures)
+    launch(partial(_worker, job), group, ctx.scratch_dir / "ray_train", final)
     shutil.copytree(final, ctx.output_dir, dirs_exist_ok=True)
     stats_file = ctx.output_dir / "train_stats.json"
     stats = json.loads(stats_file.read_text())
@@ -99,6 +96,8 @@ def _placement(tp: int) -> list[dict]:
     import ray.train
     import torch.distributed as dist
 
+    if not dist.is_initialized():  # one worker, trained in the stage task
+        return []
     context = ray.train.get_context()
     mine = {
         "rank": context.get_world_rank(),

@@ -152,7 +152,7 @@ def share_rows(batch: Batch, keep: torch.Tensor, adv: torch.Tensor, group: int, 
 
 
 class Learner:
-    def __init__(self, job: Job, log: Log | None = None):
+    def __init__(self, job: Job, log: Log | None = None, progress: Any = None):
         s = job.settings
         if s.threads:
             torch.set_num_threads(s.threads)
@@ -164,6 +164,7 @@ class Learner:
         self.rank, self.world = self.mesh.coordinate("dp"), self.mesh.dp
         self.rank0 = self.mesh.is_logger
         self.say: Log = log if (log is not None and self.rank0) else (lambda metrics, step: None)
+        self.progress = progress if self.rank0 else None
         torch.manual_seed(s.seed)
         model = load_pretrained(job.model_dir)
         found = tp_problems(model.cfg, s.tp, model.cfg.seq_len)
@@ -405,8 +406,11 @@ class Learner:
         before = self.evaluate(job.heldout, 0, 0)
         self.periodic_eval(0)
         started = time.perf_counter()
+        bar = self.progress.bar(total=s.steps, desc="train", unit="step") if self.progress else None
         for step in range(s.steps):
             metrics = self.step(step)
+            if bar is not None:
+                bar.update(1)
             self.history.append(metrics | {"step": float(step + 1)})
             if (step + 1) % s.log_every == 0 or step + 1 == s.steps:
                 self.say(metrics, step + 1)
@@ -414,6 +418,8 @@ class Learner:
                 self.sync_weights(step + 1)
                 self.periodic_eval(step + 1)
         train_s = time.perf_counter() - started
+        if bar is not None:
+            bar.close()
         self.sync_weights(s.steps)
         self.periodic_eval(s.steps)
         after = self.evaluate(job.heldout, 0, 0)
@@ -472,8 +478,9 @@ class Learner:
         return result
 
 
-def train(job: Job, log: Log | None = None) -> tuple[GPT | None, Result]:
-    """GRPO; returns the final policy as a plain model on rank 0 (None on the others) and the result."""
-    learner = Learner(job, log)
+def train(job: Job, log: Log | None = None, progress: Any = None) -> tuple[GPT | None, Result]:
+    """GRPO; returns the final policy as a plain model on rank 0 (None on the others) and the result.
+    `progress` (pipeline.progress.Progress) shows a bar of the steps on rank 0."""
+    learner = Learner(job, log, progress)
     result = learner.run()
     return plain_copy(learner.model, learner.mesh, everywhere=False), result

@@ -13,7 +13,7 @@ import shutil
 from dataclasses import asdict, fields
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.lineage import DatasetRef, Tracker, upstream_model_id
 from pipeline.stage import StageContext
@@ -28,14 +28,17 @@ from stages.rl.config import RLConfig
 from stages.rl.learner import Job, Result, Settings, train
 from stages.rl.rollout import ActorPool, Item, Sampler, SamplerSpec
 
+if TYPE_CHECKING:
+    from pipeline.progress import Progress
+
 HEADLINE = ("accuracy_before", "accuracy_after", "accuracy_gain", "accuracy_gain_se", "heldout_problems")
 RESULT_FILE = "result.json"
 
 
-def _learner(job: Job, tracker: Tracker, out: Path | None) -> dict[str, float]:
+def _learner(job: Job, tracker: Tracker, progress: Progress | None, out: Path | None) -> dict[str, float]:
     """One Ray Train worker's share of the learner. The rollout actors travel inside the job as
     handles; only rank 0 talks to them, and hands back the policy and the results in `out`."""
-    model, result = train(job, tracker.log_metrics)
+    model, result = train(job, tracker.log_metrics, progress)
     if out is not None:
         save_pretrained(model, out / "model")
         (out / RESULT_FILE).write_text(json.dumps(asdict(result)))
@@ -153,7 +156,7 @@ def run(ctx: StageContext) -> dict[str, float]:
         )
         landing = ctx.scratch_dir / "result"
         launch(
-            partial(_learner, job, ctx.tracker),
+            partial(_learner, job, ctx.tracker, ctx.progress),
             WorkerGroup("rl", cfg.learner_workers, cfg.learner_cpus, cfg.learner_gpus),
             ctx.scratch_dir / "ray_train",
             landing,

@@ -12,6 +12,7 @@ import shutil
 from dataclasses import fields
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.lineage import DatasetRef, Tracker, upstream_model_id
 from pipeline.stage import StageContext, UpstreamOutput
@@ -26,14 +27,17 @@ from stages.sft.config import SFTConfig
 from stages.sft.data import Prepared, prepare
 from stages.sft.train import Job, Settings, train
 
+if TYPE_CHECKING:
+    from pipeline.progress import Progress
+
 HEADLINE = ("heldout_loss_before", "heldout_loss_after", "adherence")
 SAMPLES = 8
 REPLIES_FILE = "replies.json"
 
 
-def _worker(job: Job, tracker: Tracker, out: Path | None) -> dict[str, float]:
+def _worker(job: Job, tracker: Tracker, progress: Progress | None, out: Path | None) -> dict[str, float]:
     """One Ray Train worker's share; rank 0 hands back the model and its sample replies in `out`."""
-    model, metrics, replies = train(job, tracker.log_metrics)
+    model, metrics, replies = train(job, tracker.log_metrics, progress)
     if out is not None:
         save_pretrained(model, out / "model")
         (out / REPLIES_FILE).write_text(json.dumps(replies))
@@ -113,7 +117,7 @@ def run(ctx: StageContext) -> dict[str, float]:
 
     landing = ctx.scratch_dir / "result"
     metrics = launch(
-        partial(_worker, _job(ctx, model_dir, data, tokenizer), ctx.tracker),
+        partial(_worker, _job(ctx, model_dir, data, tokenizer), ctx.tracker, ctx.progress),
         WorkerGroup("sft", cfg.workers, cfg.cpus_per_worker, cfg.gpus_per_worker),
         ctx.scratch_dir / "ray_train",
         landing,

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -187,15 +188,17 @@ def adherence(model: GPT, job: Job, mesh: Mesh) -> tuple[dict[str, float], list[
     return shares, replies
 
 
-def train(job: Job, log: Log | None = None) -> tuple[GPT, dict[str, float], list[list[int]]]:
+def train(job: Job, log: Log | None = None, progress: Any = None) -> tuple[GPT, dict[str, float], list[list[int]]]:
     """Finetune; returns a plain copy of the model (the same on every rank), final metrics (the
-    same on every rank) and rank 0's sample replies. `log(metrics, step)` is called on rank 0 only."""
+    same on every rank) and rank 0's sample replies. `log(metrics, step)` is called and the
+    `progress` bar (pipeline.progress.Progress) shown on rank 0 only."""
     s = job.settings
     tuner = Finetuner(job)
     mesh = tuner.mesh
     say: Log = log if (log is not None and mesh.is_logger) else (lambda metrics, step: None)
     per_step = s.batch_size * s.grad_accum * mesh.dp
     steps = s.steps or max(1, len(job.train_ids) // per_step)
+    bar = progress.bar(total=steps, desc="train", unit="step") if progress and mesh.is_logger else None
     order = row_order(len(job.train_ids), steps * per_step, s.seed)
     dp_rank = mesh.coordinate("dp")
 
@@ -210,10 +213,14 @@ def train(job: Job, log: Log | None = None) -> tuple[GPT, dict[str, float], list
         trained_tokens += tokens
         losses.append(loss)
         train_seconds += time.perf_counter() - started
+        if bar is not None:
+            bar.update(1)
         if (step + 1) % s.log_every == 0:
             say({"train_loss": float(np.mean(losses[-s.log_every :])), "lr": lr_at(step, s)}, step + 1)
         if (step + 1) % s.eval_every == 0 and step + 1 < steps:
             say({"heldout_loss": tuner.heldout_loss()}, step + 1)
+    if bar is not None:
+        bar.close()
     after = tuner.heldout_loss()
     say({"heldout_loss": after}, steps)
 
