@@ -57,12 +57,13 @@ SMALL_MODEL = [
 ]
 # pp=2 x tp=2 on two 2-CPU nodes: a TP pair on each node, the pipeline across them.
 MESH = ["stages.pretrain.pp=2", "stages.pretrain.tp=2", "stages.pretrain.dp=1", "stages.pretrain.micro_batch=4"]
+MESH += ["stages.pretrain.cpus_per_worker=1"]
 MESH += ["stages.pretrain.batch_tokens=256", "stages.pretrain.max_steps=4", "stages.pretrain.eval_every=4"]
 MESH += ["stages.pretrain.eval_batches=2", "stages.pretrain.checkpoint_every=4"]
 # dp=2 on a model big enough to be interrupted mid-run: 40 steps, a checkpoint every 4.
 LONG = ["stages.pretrain.model.seq_len=128", "stages.pretrain.model.n_layer=4", "stages.pretrain.model.n_head=4"]
 LONG += ["stages.pretrain.model.d_model=128", "stages.pretrain.dp=2", "stages.pretrain.micro_batch=4"]
-LONG += ["stages.pretrain.batch_tokens=1024"]
+LONG += ["stages.pretrain.batch_tokens=1024", "stages.pretrain.cpus_per_worker=1"]
 LONG += ["stages.pretrain.max_steps=40", "stages.pretrain.checkpoint_every=4", "stages.pretrain.eval_every=40"]
 LONG += ["stages.pretrain.eval_batches=2", "stages.pretrain.max_failures=2", "stages.pretrain.warmup_steps=2"]
 
@@ -185,7 +186,8 @@ def test_multi_node_cluster_refuses_local_storage_and_absent_gpus(cluster, tmp_p
     code, out = z2h(
         cluster,
         [*argv, "--set", f"run.workdir={work}", *shared, "--until", "pretrain"]
-        + ["--set", "stages.pretrain.gpus_per_worker=1"],
+        + ["--set", "stages.pretrain.gpus_per_worker=1", "--set", "stages.pretrain.dp=2"]
+        + ["--set", "stages.pretrain.cpus_per_worker=1"],
     )
     assert code == 2, out
     assert "stage 'pretrain' needs 2 workers of (1 CPU 1 GPU)" in out and "3 nodes: 1x(0 CPU), 2x(2 CPU)" in out

@@ -17,7 +17,7 @@ from sft_tiny import openai_rows, tokenizer, write_jsonl
 from stages.common.chat import render
 from stages.common.rows import BadRow, Skips, SourceError
 from stages.sft.config import SFTConfig, SourceConfig
-from stages.sft.conversations import Example, load_examples
+from stages.sft.conversations import Example, load_examples, longest_reply
 from stages.sft.data import prepare
 from stages.sft.mix import is_heldout, mix, repeat
 from stages.sft.packing import pack
@@ -94,6 +94,29 @@ def test_parquet_and_jsonl_give_the_same_conversations(tmp_path: Path):
         examples, _ = load_examples(source, tokenizer(), 257, "drop", 0, tmp_path, Skips())
         loaded[kind] = [e.rendered for e in examples]
     assert loaded["parquet"] == loaded["jsonl"] and len(loaded["jsonl"]) == 10
+
+
+def test_conversations_with_a_reply_over_max_reply_tokens_are_counted_skips(tmp_path: Path):
+    short = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello."}]}
+    long_reply = " ".join(["word"] * 60)
+    long = {
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "Hi."},
+            {"role": "user", "content": "more"},
+            {"role": "assistant", "content": long_reply},  # the second turn is the long one
+        ]
+    }
+    write_jsonl(tmp_path / "chats.jsonl", [short, long])
+    tok = tokenizer()
+    limit = longest_reply(render(tok, short["messages"]))
+    assert limit == len(tok.encode("Hello.")) + 1  # with <|assistant_end|>
+    assert longest_reply(render(tok, long["messages"])) > limit
+    source = SourceConfig(name="c", kind="jsonl", path=str(tmp_path / "chats.jsonl"), max_reply_tokens=limit)
+    skips = Skips()
+    examples, _ = load_examples(source, tok, 257, "drop", 0, tmp_path, skips)
+    assert [e.messages for e in examples] == [short["messages"]]
+    assert skips.counts == {"reply_too_long": 1}
 
 
 def _examples(source: str, count: int) -> list[Example]:

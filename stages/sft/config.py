@@ -45,6 +45,9 @@ class SourceConfig(BaseModel):
     weight: float = Field(1.0, gt=0, description="relative chance this source supplies the next mixed conversation")
     epochs: float = Field(1.0, gt=0, description="passes over this source's training split in the mix")
     limit: int | None = Field(None, ge=1, description="read at most this many rows")
+    max_reply_tokens: int | None = Field(
+        None, ge=1, description="skip conversations with an assistant turn longer than this (counted: reply_too_long)"
+    )
     count: int = Field(2000, ge=1, description="arith: problems generated")
     max_steps: int = Field(3, ge=1, description="arith: most operations in one problem")
 

@@ -49,6 +49,15 @@ def _arith_rows(source: SourceConfig, seed: int) -> RowStream:
         yield f"arith[{index}]", {"messages": problem.conversation()}
 
 
+def longest_reply(rendered: Rendered) -> int:
+    """Tokens in the longest assistant turn, its <|assistant_end|> included (the longest run of loss tokens)."""
+    longest = run = 0
+    for flag in rendered.mask:
+        run = run + 1 if flag else 0
+        longest = max(longest, run)
+    return longest
+
+
 def load_examples(
     source: SourceConfig,
     tokenizer: Tokenizer,
@@ -74,6 +83,10 @@ def load_examples(
             rendered = render(tokenizer, messages, max_tokens, truncation)
         except ConversationError as exc:
             skips.add(exc.reason, where, str(exc))
+            continue
+        longest = longest_reply(rendered)
+        if source.max_reply_tokens is not None and longest > source.max_reply_tokens:
+            skips.add("reply_too_long", where, f"an assistant turn of {longest} tokens > {source.max_reply_tokens}")
             continue
         key = content_key(messages)
         if key in seen:
