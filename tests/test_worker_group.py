@@ -27,3 +27,39 @@ def test_workers_are_packed_and_ask_for_gpus_only_when_given():
     assert cpu.resources_per_worker == {"CPU": 1.0}
     gpu = WorkerGroup("pretrain", workers=8, cpus=4.0, gpus=1.0).scaling()
     assert gpu.use_gpu and gpu.resources_per_worker == {"CPU": 4.0, "GPU": 1.0}
+
+
+def _write_and_report(folder: Path | None) -> dict[str, float]:
+    import os
+
+    import torch
+
+    assert folder is not None  # the only worker is rank 0
+    (folder / "model.txt").write_text("weights")
+    return {"pid": float(os.getpid()), "threads": float(torch.get_num_threads())}
+
+
+def test_a_one_worker_group_runs_in_the_task_that_holds_its_cpus(ray_session, tmp_path: Path):
+    import os
+    import sys
+
+    import ray
+    import ray.cloudpickle
+
+    from stages.common.worker_group import _held_here, launch
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests/
+
+    @ray.remote(num_cpus=2)
+    def stage_task(into: Path) -> tuple[int, dict[str, float], str]:
+        metrics = launch(_write_and_report, WorkerGroup("sft", workers=1, cpus=2), into.parent / "ray_train", into)
+        return os.getpid(), metrics, (into / "model.txt").read_text()
+
+    (tmp_path / "result").mkdir()
+    (tmp_path / "result" / "stale.txt").write_text("from an earlier attempt")
+    pid, metrics, text = ray.get(stage_task.remote(tmp_path / "result"))
+    assert metrics == {"pid": float(pid), "threads": 2.0} and text == "weights"  # no Ray Train worker: same process
+    assert sorted(p.name for p in (tmp_path / "result").iterdir()) == ["model.txt"]
+    assert not (tmp_path / "ray_train").exists()
+    # The driver holds no CPUs of its own: a group launched from it starts Ray Train workers.
+    assert not _held_here(WorkerGroup("sft", workers=1, cpus=1))

@@ -96,7 +96,10 @@ def _held_here(group: WorkerGroup) -> bool:
 
     if not ray.is_initialized():
         return False
-    held = ray.get_runtime_context().get_assigned_resources()
+    context = ray.get_runtime_context()
+    if context.get_task_id() is None:  # the driver: it holds nothing
+        return False
+    held = context.get_assigned_resources()
     return held.get("CPU", 0.0) >= group.cpus and held.get("GPU", 0.0) >= group.gpus
 
 
