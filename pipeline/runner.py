@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -314,12 +316,22 @@ class Runner:
         return StageOutcome(item.name, "done", seconds, item.fingerprint, tracker.run_id, manifest.metrics)
 
     def _wait(self, ref):
+        """The stage task's result. Ctrl-C is caught by a handler of our own while waiting: a
+        KeyboardInterrupt raised inside Ray's wait can be lost, leaving the stage to run on."""
         import ray
 
-        while True:
-            ready, _ = ray.wait([ref], timeout=0.5)
-            if ready:
-                return ray.get(ref)
+        interrupted = threading.Event()
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set()) if main else None
+        try:
+            while not interrupted.is_set():
+                ready, _ = ray.wait([ref], timeout=0.5)
+                if ready:
+                    return ray.get(ref)
+            raise KeyboardInterrupt
+        finally:
+            if main:  # a handler installed outside Python reads as None
+                signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
 
     @staticmethod
     def _upload_log(tracker: Tracker, log_file: Path) -> None:
