@@ -296,6 +296,7 @@ def cold_run(args: argparse.Namespace, workdir: Path, seed: int | None) -> dict[
         "uri": uri,
         "source": source,
         "run_args": run_args,
+        "workdir": workdir,
         "log_file": log_file,
         "load": load,
         "proofs": found,
@@ -326,8 +327,7 @@ def main() -> int:
             return 1
         runs.append(run)
     first = cold = runs[0]
-    uri, wall1, cpu1, load_before = first["uri"], first["wall"], first["cpu"], first["load"]
-    workdir = first["log_file"].parent
+    uri, wall1, cpu1, load_before, workdir = first["uri"], first["wall"], first["cpu"], first["load"], first["workdir"]
     log("  the first cold run's command again")
     wall2, lines2, code2, _ = z2h_run(first["run_args"], first["log_file"], args.echo, first["source"])
     runs2 = stage_runs(uri, pipeline_runs(uri)[-1])

@@ -84,8 +84,7 @@ def load_examples(
         except ConversationError as exc:
             skips.add(exc.reason, where, str(exc))
             continue
-        longest = longest_reply(rendered)
-        if source.max_reply_tokens is not None and longest > source.max_reply_tokens:
+        if source.max_reply_tokens is not None and (longest := longest_reply(rendered)) > source.max_reply_tokens:
             skips.add("reply_too_long", where, f"an assistant turn of {longest} tokens > {source.max_reply_tokens}")
             continue
         key = content_key(messages)
