@@ -12,7 +12,8 @@ from stages.common import tasks
 from stages.common.chat import ASSISTANT_END, render_prompt
 from stages.common.generate import Sampling, generate
 from stages.common.model import GPTConfig, build
-from stages.rl.rollout import ActorPool, Item, LocalPool, Sampler, SamplerSpec
+from stages.rl.learner import skill_metrics
+from stages.rl.rollout import UNPAIRED_SHIFTS, ActorPool, Item, LocalPool, Sampler, SamplerSpec, Scores
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +96,40 @@ def test_scores_give_greedy_accuracy_and_pass_at_k(spec):
     summary = scores.summary()
     assert set(summary) == {"accuracy", "pass_at_3", "pass_at_1"}
     assert summary["pass_at_1"] <= summary["pass_at_3"]
+
+
+def test_the_unpaired_control_exposes_an_answer_prior(spec):
+    """A policy that answers a constant earns its accuracy again against other problems' answers, so its
+    skill is 0 whatever its accuracy; one that solves each problem keeps its accuracy as skill."""
+    sampler = Sampler(spec)
+    problems = [item.problem for item in _items(40)]
+    answers = [p.answer for p in problems]
+    common = max(set(answers), key=answers.count)
+    n = len(problems)
+
+    def scores(texts: list[str]) -> Scores:
+        greedy = [sampler.reward(p, t) for p, t in zip(problems, texts, strict=True)]
+        return Scores(greedy=greedy, replies=texts, unpaired=sampler._unpaired(problems, texts))
+
+    constant = scores([f"Answer: {common}"] * n)
+    assert sum(constant.greedy) == answers.count(common) > 1
+    assert sum(constant.unpaired) == pytest.approx(sum(constant.greedy))  # cyclic shifts keep the count
+    shifted = [
+        sum(answers[(i + s) % n] == answers[i] for s in range(1, UNPAIRED_SHIFTS + 1)) / UNPAIRED_SHIFTS
+        for i in range(n)
+    ]
+    solved = scores([p.solution for p in problems])
+    assert solved.greedy == [1.0] * n and solved.unpaired == pytest.approx(shifted)
+
+    other = next(a for a in sorted(set(answers)) if answers.count(a) < answers.count(common))
+    rare = scores([f"Answer: {other}"] * n)
+    prior_shift = skill_metrics(rare, constant)  # "always <rare>" -> "always <common>": accuracy up, skill not
+    assert prior_shift["skill_gain"] == pytest.approx(0.0, abs=1e-12)
+    assert prior_shift["unpaired_after"] > prior_shift["unpaired_before"]
+    learned = skill_metrics(rare, solved)
+    assert learned["skill_gain"] == pytest.approx(1 - sum(shifted) / n)
+    assert skill_metrics(rare, Scores(greedy=solved.greedy)) == {}  # no control, no claim
+
+
+def test_a_share_of_one_problem_has_no_control(spec):
+    assert Sampler(spec)._unpaired([_items(1)[0].problem], ["Answer: 3"]) == []

@@ -459,6 +459,7 @@ class Learner:
                 "accuracy_gain_se": paired["difference_se"],
                 "accuracy_gain_z": paired["z"],
             }
+            metrics |= skill_metrics(before, after)
             counts = self.job.pool.reward_counts()
             metrics |= {f"reward_{k}": float(v) for k, v in counts.items()}
             result.before, result.after = before.greedy, after.greedy
@@ -476,6 +477,28 @@ class Learner:
                 )
             ]
         return result
+
+
+def skill_metrics(before: Scores, after: Scores) -> dict[str, float]:
+    """The gain that is not an answer prior. A policy can raise accuracy without reading the problem,
+    by answering what is commonest (a tiny model turned "always 3" into "always 1" for +9 points);
+    such replies score as well against other problems' answers (`Scores.unpaired`). Skill is each
+    problem's correctness minus that control, and `skill_gain` its paired change."""
+    n = len(before.greedy)
+    if len(before.unpaired) != n or len(after.unpaired) != n:
+        return {}
+    paired = paired_difference(
+        [g - u for g, u in zip(before.greedy, before.unpaired, strict=True)],
+        [g - u for g, u in zip(after.greedy, after.unpaired, strict=True)],
+    )
+    return {
+        "unpaired_before": sum(before.unpaired) / n,
+        "unpaired_after": sum(after.unpaired) / n,
+        "skill_before": paired["before"],
+        "skill_after": paired["after"],
+        "skill_gain": paired["difference"],
+        "skill_gain_se": paired["difference_se"],
+    }
 
 
 def train(job: Job, log: Log | None = None, progress: Any = None) -> tuple[GPT | None, Result]:

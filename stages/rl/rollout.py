@@ -21,6 +21,10 @@ from stages.common.model import load_pretrained
 from stages.common.tasks import GuardedReward, Problem, Task, pass_at_k
 from stages.common.tokenizer import load as load_tokenizer
 
+# Other problems each held-out reply is scored against for its unpaired control (4 x 500 more calls of
+# a reward that compares numbers: milliseconds).
+UNPAIRED_SHIFTS = 4
+
 
 @dataclass(frozen=True)
 class Item:
@@ -65,11 +69,15 @@ class Scores:
     tokens: int = 0
     seconds: float = 0.0
     replies: list[str] = field(default_factory=list)  # greedy replies, for samples in stats
+    # Each greedy reply's mean reward against other problems of its share: what answering without
+    # reading the problem (a constant, the commonest answer) earns. Empty where a share had one problem.
+    unpaired: list[float] = field(default_factory=list)
 
     def extend(self, other: Scores) -> None:
         self.greedy += other.greedy
         self.correct += other.correct
         self.replies += other.replies
+        self.unpaired += other.unpaired
         self.k, self.tokens, self.seconds = other.k, self.tokens + other.tokens, max(self.seconds, other.seconds)
 
     def summary(self) -> dict[str, float]:
@@ -121,6 +129,16 @@ class Sampler:
         texts = [self._decode(r) for r in replies]
         return [self.reward(p, t) for p, t in zip(problems, texts, strict=True)], texts
 
+    def _unpaired(self, problems: list[Problem], texts: list[str]) -> list[float]:
+        """Each reply scored against the next `UNPAIRED_SHIFTS` problems (cyclically) instead of its own."""
+        shifts = range(1, min(UNPAIRED_SHIFTS, len(problems) - 1) + 1)
+        if not shifts:
+            return []
+        n = len(problems)
+        return [
+            sum(self.reward(problems[(i + s) % n], text) for s in shifts) / len(shifts) for i, text in enumerate(texts)
+        ]
+
     def rollout(self, items: list[Item], group_size: int, seed: int) -> Batch:
         started = time.perf_counter()
         before = dict(self.reward.counts)
@@ -143,7 +161,8 @@ class Sampler:
         )
 
     def evaluate(self, items: list[Item], k: int, seed: int) -> Scores:
-        """Greedy correctness per problem, and with k > 0 the number correct among k samples."""
+        """Greedy correctness per problem and its unpaired control, and with k > 0 the number correct among
+        k samples."""
         started = time.perf_counter()
         problems = [item.problem for item in items]
         greedy = Sampling(max_new_tokens=self.spec.sampling.max_new_tokens)
@@ -157,7 +176,8 @@ class Sampler:
             batch = self.rollout(items, k, seed)
             tokens += batch.tokens
             correct = [int(sum(batch.rewards[i * k : (i + 1) * k])) for i in range(len(items))]
-        return Scores(scores, correct, k, tokens, time.perf_counter() - started, texts)
+        unpaired = self._unpaired(problems, texts)
+        return Scores(scores, correct, k, tokens, time.perf_counter() - started, texts, unpaired)
 
     def reward_counts(self) -> dict[str, int]:
         return dict(self.reward.counts)

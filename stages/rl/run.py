@@ -31,7 +31,7 @@ from stages.rl.rollout import ActorPool, Item, Sampler, SamplerSpec
 if TYPE_CHECKING:
     from pipeline.progress import Progress
 
-HEADLINE = ("accuracy_before", "accuracy_after", "accuracy_gain", "accuracy_gain_se", "heldout_problems")
+HEADLINE = ("accuracy_before", "accuracy_after", "accuracy_gain", "accuracy_gain_se", "skill_gain", "heldout_problems")
 RESULT_FILE = "result.json"
 
 
