@@ -8,6 +8,7 @@ import re
 import threading
 import time
 import zipfile
+from collections import Counter
 from fractions import Fraction
 from pathlib import Path
 
@@ -172,6 +173,21 @@ def test_arith_splits_are_disjoint_reproducible_and_graded():
     p = held[0]
     assert task.reward(p, f"Answer: {int(p.answer) + 1}") == 0.0
     assert p.messages() == [{"role": "user", "content": p.prompt}]
+
+
+def test_balanced_arith_takes_every_answer_equally_often():
+    skewed = tasks.get("arith", max_steps=2, max_number=10).problems("heldout", 205, seed=3)
+    counts = Counter(p.answer for p in skewed)
+    assert counts["1"] > 2 * counts["9"]  # why balancing exists: the generator favours small answers
+    task = tasks.get("arith", max_steps=2, max_number=10, balanced=True)
+    held = task.problems("heldout", 205, seed=3)
+    assert Counter(p.answer for p in held) == {str(a): 21 if a <= 5 else 20 for a in range(1, 11)}
+    assert len({p.id for p in held}) == 205 and all(task.reward(p, p.solution) == 1.0 for p in held)
+    assert [p.id for p in held] == [p.id for p in task.problems("heldout", 205, seed=3)]
+    assert not {p.id for p in held} & {p.id for p in task.problems("train", 205, seed=3)}
+    assert task.options()["balanced"] is True
+    with pytest.raises(ValueError, match="balanced needs max_number"):
+        tasks.get("arith", balanced=True)
 
 
 # -- GSM8K format, Hugging Face and ASDiv ----------------------------------------------------

@@ -7,7 +7,10 @@ per operation and ends with the line `Answer: <integer>`; the reward reads only 
 pure function of (seed, index): SFT, RL and eval regenerate the same ones.
 
 Difficulty: `max_steps` (operations per problem, 1-3 in SFT's data), `min_steps`, and `max_number`
-(keep only problems whose every number, operands and results, is at most this). Splits are
+(keep only problems whose every number, operands and results, is at most this). `balanced` (needs
+`max_number`) takes equally many problems of each answer 1..max_number: the generator's answers are
+skewed (a fifth of the problems of numbers <= 10 have the answer 1), and on a skewed set a policy
+gains accuracy by answering the commonest number without reading the problem. Splits are
 disjoint index ranges of the same generator: `train` from 0 (the problems SFT's arithmetic data
 uses), `heldout` from 10^9, which no run ever reaches from 0.
 """
@@ -62,16 +65,24 @@ def make_problem(seed: int, index: int, max_steps: int = 3) -> Problem:
 class ArithTask(Task):
     name = "arith"
 
-    def __init__(self, max_steps: int = 3, min_steps: int = 1, max_number: int | None = None):
+    def __init__(self, max_steps: int = 3, min_steps: int = 1, max_number: int | None = None, balanced: bool = False):
         super().__init__()
         if not 1 <= min_steps <= max_steps:
             raise ValueError(f"arith: need 1 <= min_steps <= max_steps, got {min_steps}, {max_steps}")
         if max_number is not None and max_number < 4:
             raise ValueError(f"arith: max_number must be >= 4 (problems start with 2..40 items), got {max_number}")
+        if balanced and max_number is None:
+            raise ValueError("arith: balanced needs max_number (the answers to balance are 1..max_number)")
         self.max_steps, self.min_steps, self.max_number = max_steps, min_steps, max_number
+        self.balanced = balanced
 
-    def options(self) -> dict[str, int | None]:
-        return {"max_steps": self.max_steps, "min_steps": self.min_steps, "max_number": self.max_number}
+    def options(self) -> dict[str, int | bool | None]:
+        return {
+            "max_steps": self.max_steps,
+            "min_steps": self.min_steps,
+            "max_number": self.max_number,
+            "balanced": self.balanced,
+        }
 
     def _fits(self, made: Problem) -> bool:
         steps = made.solution.count("\n")  # one worked line per operation, then the answer line
@@ -88,13 +99,25 @@ class ArithTask(Task):
         check_split(split)
         count = DEFAULT_COUNT if count is None else count
         index = HELDOUT_START if split == "heldout" else 0
+        quota = self._quota(count)
         chosen: list[Problem] = []
         while len(chosen) < count:
             made = make_problem(seed, index, self.max_steps)
-            if self._fits(made):
+            if self._fits(made) and (quota is None or quota[made.answer] > 0):
                 chosen.append(made)
+                if quota is not None:
+                    quota[made.answer] -= 1
             index += 1
         return chosen
+
+    def _quota(self, count: int) -> dict[str, int] | None:
+        """Problems still wanted per answer when balanced: count / max_number each, the remainder going
+        to the smallest answers."""
+        if not self.balanced:
+            return None
+        assert self.max_number is not None
+        share, extra = divmod(count, self.max_number)
+        return {str(answer): share + (answer <= extra) for answer in range(1, self.max_number + 1)}
 
     def reward(self, problem: Problem, reply: str) -> float:
         return same_number(reply, problem.answer)
