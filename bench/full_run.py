@@ -22,9 +22,9 @@ report card of run 1 is rendered again in this process to time it.
 
 Each cold run also reads the tiny pipeline's proofs from its MLflow runs (issue-level targets in
 PROOFS): pretraining's held-out loss, SFT's adherence on its own prompts and eval's chat-format row
-for the SFT model, RL's held-out gain with its standard error. `--seeds 1337,7,42` repeats the cold
-run once per `run.seed`, each in its own work dir, for the robustness table (the cached run follows
-the first seed only).
+for the SFT model, RL's held-out gain and its skill gain (the gain beyond an answer prior), each
+at 2+ standard errors. `--seeds 1337,7,42` repeats the cold run once per `run.seed`, each in its
+own work dir, for the robustness table (the cached run follows the first seed only).
 
 Both runs use a snapshot of the source taken at the start (`<workdir>/src`, first on PYTHONPATH):
 a fingerprint hashes the stage's code, so an edit in a shared checkout between the two runs
@@ -60,9 +60,10 @@ PROOFS = (
     ("sft", "adherence", 0.95, None),
     ("eval", "sft/adherence", 0.90, None),
     ("rl", "accuracy_gain", 0.10, None),
+    ("rl", "skill_gain", 0.10, None),  # the gain beyond an answer prior (stages/rl/learner.skill_metrics)
     ("rl", "heldout_problems", 500, None),
 )
-RL_GAIN_STANDARD_ERRORS = 2.0
+RL_GAIN_STANDARD_ERRORS = 2.0  # for accuracy_gain and skill_gain alike
 
 
 def log(message: str) -> None:
@@ -249,10 +250,11 @@ def proofs(uri: str, parent: Any) -> dict[str, Any]:
         met = (least is None or value >= least) and (most is None or value <= most)
         found[f"{stage}/{key}"] = {"value": round(value, 4), "met": met}
     rl = metrics.get("rl", {})
-    if "accuracy_gain" in rl and "accuracy_gain_se" in rl:
-        z = rl["accuracy_gain"] / max(rl["accuracy_gain_se"], 1e-9)
-        found["rl/gain_in_se"] = {"value": round(z, 2), "met": z >= RL_GAIN_STANDARD_ERRORS}
-    for key in ("accuracy_before", "accuracy_after"):
+    for gain, name in (("accuracy_gain", "gain_in_se"), ("skill_gain", "skill_gain_in_se")):
+        if gain in rl and f"{gain}_se" in rl:
+            z = rl[gain] / max(rl[f"{gain}_se"], 1e-9)
+            found[f"rl/{name}"] = {"value": round(z, 2), "met": z >= RL_GAIN_STANDARD_ERRORS}
+    for key in ("accuracy_before", "accuracy_after", "unpaired_before", "unpaired_after"):
         if key in rl:
             found[f"rl/{key}"] = {"value": round(rl[key], 4), "met": True}
     return found
