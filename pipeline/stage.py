@@ -9,6 +9,7 @@ docs/adding-a-stage.md walks through a complete example.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -119,6 +120,21 @@ class StageContext:
             known = ", ".join(self.upstream) or "none"
             raise KeyError(f"stage '{self.name}' asked for upstream '{stage}', which it does not need (needs: {known})")
         return UpstreamOutput(stage, Path(self.upstream[stage]), self.upstream_runs.get(stage) or None)
+
+
+def deferred(target: str) -> Callable[[StageContext], Mapping[str, float]]:
+    """A stage's `run` named as `"module:function"` and imported at its first call, so that listing,
+    planning and a run served wholly from the cache never import a stage's training code (torch,
+    datatrove, Ray Train). It carries the target's module name: the code fingerprint starts there."""
+    module, _, name = target.partition(":")
+    if not module or not name:
+        raise ValueError(f"deferred run {target!r}: expected 'module:function'")
+
+    def run(ctx: StageContext) -> Mapping[str, float]:
+        return getattr(importlib.import_module(module), name)(ctx)
+
+    run.__module__, run.__qualname__ = module, name
+    return run
 
 
 @dataclass(frozen=True)

@@ -4,17 +4,21 @@ it imports, transitively, and nothing else."""
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from ray import cloudpickle
 
 from pipeline import config as config_io
 from pipeline import graph, registry
 from pipeline.errors import UsageError
-from pipeline.stage import Stage, StageConfig
+from pipeline.stage import Stage, StageConfig, deferred
 from pipeline.store import open_store
 
 COUNTDOWN = "stages/common/tasks/countdown.py"
+REPO = Path(__file__).resolve().parent.parent
 
 
 def write_package(root: Path) -> None:
@@ -59,6 +63,21 @@ def test_imports_of_run_are_followed_relative_lazy_and_transitive(tmp_path, monk
     assert "walk/shared/unused.py" in graph.code_files(declared)
 
 
+def test_a_deferred_run_imports_its_module_only_when_called_and_is_fingerprinted_the_same(tmp_path, monkeypatch):
+    write_package(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m == "walk" or m.startswith("walk.")]:
+        monkeypatch.delitem(sys.modules, name)
+    stage = Stage("alpha", StageConfig, deferred("walk.alpha.run:run"))
+    assert "walk.alpha.run" not in sys.modules
+    eager = Stage("alpha", StageConfig, importlib.import_module("walk.alpha.run").run)
+    assert graph.code_files(stage) == graph.code_files(eager)
+    shipped = cloudpickle.loads(cloudpickle.dumps(stage))  # as a Ray stage task receives it
+    assert shipped.run(None) == {"x": 3}
+    with pytest.raises(ValueError, match="expected 'module:function'"):
+        deferred("walk.alpha.run")
+
+
 def test_an_unknown_declared_module_is_a_usage_error(tmp_path, monkeypatch):
     write_package(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -95,3 +114,14 @@ def test_editing_a_module_only_rl_uses_refingerprints_rl_and_not_the_tokenizer(r
     assert edited["rl"] != base["rl"] and edited["eval"] != base["eval"]
     assert edited["tokenizer"] == base["tokenizer"] and edited["data"] == base["data"]
     assert edited["pretrain"] == base["pretrain"]
+
+
+def test_loading_every_stage_imports_no_training_code():
+    """`z2h plan` and a run served from the cache load every stage: torch, Ray and datatrove's
+    pipeline stay out of that process (a fresh one: this one has them already)."""
+    check = (
+        "import sys; from pipeline import registry; registry.stages(); "
+        "print(sorted(m for m in ('torch', 'ray', 'datatrove.pipeline') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.budget import GB, Budget, Hardware
-from stages.common.model import GPTConfig
+from stages.common.model_config import GPTConfig
 
 # -- text -------------------------------------------------------------------------------------------------
 # CommonCrawl CC-MAIN-2024-18: 2.7 billion pages, 386 TiB uncompressed, in 90,000 WARC files of about 1 GB

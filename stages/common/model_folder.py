@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from stages.common.model import CONFIG_FILE, WEIGHTS_FILE, GPTConfig
+from stages.common.model_config import CONFIG_FILE, WEIGHTS_FILE, GPTConfig
 from stages.common.tokenizer import META_FILE, Tokenizer, load
 
 MANIFEST = "manifest.json"  # a store entry's record, written last when the entry is committed

@@ -9,11 +9,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.stage import Resources, Stage, StageCommand
+from pipeline.stage import Resources, Stage, StageCommand, deferred
 from stages.data.budget import budget
 from stages.data.config import DataConfig
 from stages.data.report import SECTION
-from stages.data.run import run
 from stages.data.sources import input_identities
 
 
@@ -50,7 +49,7 @@ def _run_samples(args: argparse.Namespace) -> int:
 stage = Stage(
     name="data",
     config_model=DataConfig,
-    run=run,
+    run=deferred("stages.data.run:run"),
     needs=(),
     resources=resources,
     report=SECTION,

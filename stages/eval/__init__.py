@@ -8,12 +8,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from pipeline.budget import Budget
-from pipeline.stage import Resources, Stage
+from pipeline.stage import Resources, Stage, deferred
 from stages.common import budget as estimate
 from stages.eval.config import EvalConfig
 from stages.eval.inputs import benchmark_files
 from stages.eval.report import SECTION
-from stages.eval.run import run
 
 
 def resources(cfg: EvalConfig) -> Resources:
@@ -73,7 +72,7 @@ def budget(cfg: EvalConfig, pipeline: Any, upstream: Mapping[str, Budget]) -> Bu
 stage = Stage(
     name="eval",
     config_model=EvalConfig,
-    run=run,
+    run=deferred("stages.eval.run:run"),
     needs=needs,
     resources=resources,
     report=SECTION,

@@ -5,10 +5,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from pipeline.budget import Budget
-from pipeline.stage import Resources, Stage
+from pipeline.stage import Resources, Stage, deferred
 from stages.common import budget as estimate
 from stages.pretrain.config import PretrainConfig
-from stages.pretrain.run import HEADLINE, run
+
+HEADLINE = ("val_loss", "val_unigram_loss", "val_bpb", "train_loss", "tokens_per_s", "mfu")
 
 
 def resources(cfg: PretrainConfig) -> Resources:
@@ -63,7 +64,7 @@ def budget(cfg: PretrainConfig, pipeline: Any, upstream: Mapping[str, Budget]) -
 stage = Stage(
     name="pretrain",
     config_model=PretrainConfig,
-    run=run,
+    run=deferred("stages.pretrain.run:run"),
     needs=("tokenizer",),
     resources=resources,
     headline=HEADLINE,

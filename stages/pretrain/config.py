@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.stage import StageConfig, cosmetic
-from stages.common.model import GPTConfig
+from stages.common.model_config import GPTConfig
 from stages.common.parallel.checks import DataParallel, dp_mode_problems, tp_problems
 
 Schedule = Literal["gpipe", "1f1b", "interleaved_1f1b"]

@@ -24,7 +24,6 @@ from stages.pretrain.measure import unigram_loss
 from stages.pretrain.train import Job, train
 
 # what `z2h run` shows first
-HEADLINE = ("val_loss", "val_unigram_loss", "val_bpb", "train_loss", "tokens_per_s", "mfu")
 
 
 def run(ctx: StageContext) -> dict[str, float]:

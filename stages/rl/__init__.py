@@ -7,11 +7,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from pipeline.budget import GB, Budget
-from pipeline.stage import Resources, Stage
+from pipeline.stage import Resources, Stage, deferred
 from stages.common import budget as estimate
-from stages.common.model import GPTConfig
+from stages.common.model_config import GPTConfig
 from stages.rl.config import RLConfig
-from stages.rl.run import HEADLINE, run
+
+HEADLINE = ("accuracy_before", "accuracy_after", "accuracy_gain", "accuracy_gain_se", "skill_gain", "heldout_problems")
 
 
 def resources(cfg: RLConfig) -> Resources:
@@ -100,7 +101,7 @@ def budget(cfg: RLConfig, pipeline: Any, upstream: Mapping[str, Budget]) -> Budg
 stage = Stage(
     name="rl",
     config_model=RLConfig,
-    run=run,
+    run=deferred("stages.rl.run:run"),
     needs=("sft", "tokenizer"),
     resources=resources,
     headline=HEADLINE,

@@ -24,6 +24,7 @@ from stages.common.model import GPTConfig, save_pretrained
 from stages.common.tasks import Problem, Skips, Task
 from stages.common.tokenizer import Tokenizer, load
 from stages.common.worker_group import WorkerGroup, launch
+from stages.rl import HEADLINE
 from stages.rl.config import RLConfig
 from stages.rl.learner import Job, Result, Settings, train
 from stages.rl.rollout import ActorPool, Item, Sampler, SamplerSpec
@@ -31,7 +32,6 @@ from stages.rl.rollout import ActorPool, Item, Sampler, SamplerSpec
 if TYPE_CHECKING:
     from pipeline.progress import Progress
 
-HEADLINE = ("accuracy_before", "accuracy_after", "accuracy_gain", "accuracy_gain_se", "skill_gain", "heldout_problems")
 RESULT_FILE = "result.json"
 
 

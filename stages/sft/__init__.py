@@ -7,11 +7,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from pipeline.budget import Budget
-from pipeline.stage import Resources, Stage
+from pipeline.stage import Resources, Stage, deferred
 from stages.common import budget as estimate
 from stages.sft.config import SFTConfig
 from stages.sft.init import PRETRAIN
-from stages.sft.run import HEADLINE, run
+
+HEADLINE = ("heldout_loss_before", "heldout_loss_after", "adherence")
 
 
 def resources(cfg: SFTConfig) -> Resources:
@@ -85,7 +86,7 @@ def budget(cfg: SFTConfig, pipeline: Any, upstream: Mapping[str, Budget]) -> Bud
 stage = Stage(
     name="sft",
     config_model=SFTConfig,
-    run=run,
+    run=deferred("stages.sft.run:run"),
     needs=needs,
     resources=resources,
     headline=HEADLINE,

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from pipeline.stage import StageConfig, cosmetic
-from stages.common.model import GPTConfig
+from stages.common.model_config import GPTConfig
 from stages.common.parallel.checks import (
     DataParallel,
     dp_mode_problems,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.store import is_uri
-from stages.common.model import CONFIG_FILE, WEIGHTS_FILE, GPTConfig
+from stages.common.model_config import CONFIG_FILE, WEIGHTS_FILE, GPTConfig
 from stages.common.model_folder import is_model_folder, read_manifest
 
 PRETRAIN = "pretrain"

@@ -30,7 +30,6 @@ from stages.sft.train import Job, Settings, train
 if TYPE_CHECKING:
     from pipeline.progress import Progress
 
-HEADLINE = ("heldout_loss_before", "heldout_loss_after", "adherence")
 SAMPLES = 8
 REPLIES_FILE = "replies.json"
 

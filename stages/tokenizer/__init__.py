@@ -5,11 +5,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from pipeline.budget import GB, Budget, amount
-from pipeline.stage import Resources, Stage
+from pipeline.stage import Resources, Stage, deferred
 from stages.common import budget as estimate
 from stages.tokenizer.config import TokenizerConfig
 from stages.tokenizer.report import SECTION
-from stages.tokenizer.run import HEADLINE, run
+
+HEADLINE = ("train_tokens", "val_bytes_per_token", "val_compression_vs_gpt2")
 
 
 def resources(cfg: TokenizerConfig) -> Resources:
@@ -43,7 +44,7 @@ def budget(cfg: TokenizerConfig, pipeline: Any, upstream: Mapping[str, Budget]) 
 stage = Stage(
     name="tokenizer",
     config_model=TokenizerConfig,
-    run=run,
+    run=deferred("stages.tokenizer.run:run"),
     needs=("data",),
     resources=resources,
     headline=HEADLINE,

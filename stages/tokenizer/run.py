@@ -21,7 +21,6 @@ from stages.tokenizer.shard import SPLITS, ShardResult, shard_corpus
 from stages.tokenizer.train import train_tokenizer
 
 MB = 1e6
-HEADLINE = ("train_tokens", "val_bytes_per_token", "val_compression_vs_gpt2")  # the Stage's headline
 
 
 def run(ctx: StageContext) -> dict[str, float]:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from stages.common.model import GPTConfig
+from stages.common.model_config import GPTConfig
 
 DataParallel = Literal["fsdp", "ddp"]  # fsdp: FSDP2 shards weights, grads, optimiser state; ddp: replicas
 
