@@ -10,6 +10,7 @@ import json
 import os
 import pty
 import select
+import signal
 import sys
 import time
 from pathlib import Path
@@ -77,8 +78,9 @@ class Terminal:
     def exit_status(self, timeout: float = 30.0) -> int:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                os.read(self.fd, 4096)  # drain, so the child never blocks on a full terminal
+            if select.select([self.fd], [], [], 0.05)[0]:  # never block: a child that lives on fails the test
+                with contextlib.suppress(OSError):
+                    os.read(self.fd, 4096)  # drain, so the child never blocks on a full terminal
             pid, status = os.waitpid(self.pid, os.WNOHANG)
             if pid:
                 os.close(self.fd)
@@ -86,6 +88,12 @@ class Terminal:
             time.sleep(0.05)
         os.kill(self.pid, 9)
         raise AssertionError("the chat did not exit")
+
+
+def _blocks_sigint(pid: int, thread: str) -> bool:
+    status = Path(f"/proc/{pid}/task/{thread}/status").read_text()
+    mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigBlk:")), 16)
+    return bool(mask & (1 << (signal.SIGINT - 1)))
 
 
 def z2h(*args: str) -> list[str]:
@@ -100,6 +108,10 @@ def test_chat_through_a_pseudo_terminal_answers_resets_and_leaves_on_ctrl_c(work
     session.send("What is 2 + 3?\r")
     reply = session.expect("you> ")
     assert "model> " in reply and len(reply.split("model> ", 1)[1].strip()) > 0
+    # Ctrl-C must reach the main thread (use/sigint.py): every other thread blocks SIGINT.
+    helpers = [t for t in os.listdir(f"/proc/{session.pid}/task") if int(t) != session.pid]
+    assert helpers and all(_blocks_sigint(session.pid, t) for t in helpers)
+    assert not _blocks_sigint(session.pid, str(session.pid))
     session.send("And then?\r")
     session.expect("model> ")
     session.expect("you> ")
