@@ -85,13 +85,10 @@ def _open_model(args: argparse.Namespace):
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    from use.chat import chat_loop, start_threads
-    from use.sigint import release_sigint
+    from use.chat import chat_loop
 
-    sampling = _sampling(args)  # SIGINT is held since z2h started (pipeline.cli)
+    sampling = _sampling(args)
     loaded = _open_model(args)
-    start_threads(loaded)
-    release_sigint()
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401  (line editing and history for input())
     return chat_loop(loaded, sampling, args.seed)
