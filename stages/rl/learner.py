@@ -494,8 +494,6 @@ def skill_metrics(before: Scores, after: Scores) -> dict[str, float]:
     return {
         "unpaired_before": sum(before.unpaired) / n,
         "unpaired_after": sum(after.unpaired) / n,
-        "skill_before": paired["before"],
-        "skill_after": paired["after"],
         "skill_gain": paired["difference"],
         "skill_gain_se": paired["difference_se"],
     }
