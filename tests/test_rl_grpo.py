@@ -123,3 +123,12 @@ def test_token_logprobs_and_entropy():
     logits = torch.log(torch.tensor([[[0.5, 0.25, 0.25]]]))
     assert grpo.token_logprobs(logits, torch.tensor([[1]])).item() == pytest.approx(math.log(0.25))
     assert grpo.entropy(logits).item() == pytest.approx(-(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25)))
+
+
+def test_log_probs_are_taken_under_the_sampling_temperature():
+    logits = torch.log(torch.tensor([[[0.5, 0.25, 0.25]]]))
+    # at temperature 2 the probabilities go as sqrt(p): 0.707 : 0.5 : 0.5
+    tempered = torch.tensor([0.5**0.5, 0.5, 0.5]) / (0.5**0.5 + 1.0)
+    assert grpo.token_logprobs(logits, torch.tensor([[1]]), 2.0).item() == pytest.approx(math.log(tempered[1]))
+    assert grpo.entropy(logits, 2.0).item() == pytest.approx(float(-(tempered * tempered.log()).sum()))
+    assert grpo.entropy(logits, 2.0) > grpo.entropy(logits)  # a hotter sampler spreads its choices

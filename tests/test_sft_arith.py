@@ -3,6 +3,8 @@ type and one answer parser for SFT's data and RL/eval's reward."""
 
 from __future__ import annotations
 
+import re
+
 from stages.common import tasks
 from stages.common.tasks.arithmetic import make_problem
 from stages.sft.config import SourceConfig
@@ -39,3 +41,11 @@ def test_sft_teaches_the_problems_rl_rewards():
     rewarded = tasks.get("arith", max_steps=2).problems("train", 20, seed=3)
     assert taught == [p.conversation() for p in rewarded]
     assert rewarded[5].id == make_problem(3, 5, max_steps=2).id
+
+
+def test_sft_can_teach_only_the_small_numbers_rl_trains_on():
+    source = SourceConfig(name="arith", kind="arith", count=30, max_steps=2, max_number=10)
+    taught = [row["messages"] for _, row in _arith_rows(source, seed=3)]
+    rewarded = tasks.get("arith", max_steps=2, max_number=10).problems("train", 30, seed=3)
+    assert taught == [p.conversation() for p in rewarded]
+    assert all(int(n) <= 10 for p in rewarded for n in re.findall(r"\d+", p.solution))

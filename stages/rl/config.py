@@ -45,9 +45,11 @@ class RLConfig(StageConfig):
     steps: int = Field(20, ge=1, description="GRPO steps: one rollout batch and its updates each")
     prompts_per_step: int = Field(32, ge=1, description="problems per step")
     group_size: int = Field(8, ge=2, description="G: samples per problem, the group advantages are taken over")
-    temperature: float = Field(1.0, gt=0, description="rollout sampling temperature")
-    top_k: int | None = Field(None, ge=1)
-    top_p: float | None = Field(None, gt=0, le=1)
+    temperature: float = Field(
+        1.0, gt=0, description="rollout sampling temperature; the learner takes its log-probs at the same one"
+    )
+    top_k: int | None = Field(None, ge=1, description="rollout truncation, unseen by the learner's log-probs")
+    top_p: float | None = Field(None, gt=0, le=1, description="rollout truncation, unseen by the learner's log-probs")
     max_new_tokens: int = Field(
         64, ge=1, description="reply budget; replies cut off here end without <|assistant_end|>"
     )

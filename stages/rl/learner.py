@@ -59,6 +59,7 @@ class Settings:
     dynamic_sampling: bool = True
     kl_metric: bool = True  # KL(policy || reference) each step, for the record (one more forward)
     max_new_tokens: int = 64
+    temperature: float = 1.0  # the rollouts': log-probs are taken under the distribution that sampled
     eval_every: int = 10
     pass_k: int = 8
     bf16: bool = False
@@ -233,7 +234,7 @@ class Learner:
         inputs, targets, mask, _ = self.tensors(rows, index)
         with self.compute():
             logits = model(inputs)
-        return grpo.token_logprobs(logits, targets), mask
+        return grpo.token_logprobs(logits, targets, self.s.temperature), mask
 
     # -- one step -------------------------------------------------------------------------
     def step(self, step: int) -> dict[str, float]:
@@ -352,7 +353,7 @@ class Learner:
                     with layout.gradient_sync(self.model, self.layout, sync=p == len(pieces) - 1):
                         with self.compute():
                             logits = self.model(inputs)
-                        logp = grpo.token_logprobs(logits, targets)
+                        logp = grpo.token_logprobs(logits, targets, s.temperature)
                         if epoch == 0 and fresh:
                             with torch.no_grad():
                                 remember(index, logp, mask)
@@ -368,7 +369,7 @@ class Learner:
                         sums[key] += float(stats[key])
                     if epoch == 0:
                         with torch.no_grad():
-                            sums["entropy_sum"] += float((grpo.entropy(logits.detach()) * mask).sum())
+                            sums["entropy_sum"] += float((grpo.entropy(logits.detach(), s.temperature) * mask).sum())
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr_at(step, s)
                 if s.grad_clip:

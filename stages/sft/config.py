@@ -50,6 +50,9 @@ class SourceConfig(BaseModel):
     )
     count: int = Field(2000, ge=1, description="arith: problems generated")
     max_steps: int = Field(3, ge=1, description="arith: most operations in one problem")
+    max_number: int | None = Field(
+        None, ge=4, description="arith: keep only problems whose every number is at most this (None: any)"
+    )
 
     @model_validator(mode="after")
     def _needs_location(self) -> SourceConfig:

@@ -44,7 +44,7 @@ def source_uri(source: SourceConfig) -> str:
 
 
 def _arith_rows(source: SourceConfig, seed: int) -> RowStream:
-    made = ArithTask(max_steps=source.max_steps).problems("train", source.count, seed)
+    made = ArithTask(max_steps=source.max_steps, max_number=source.max_number).problems("train", source.count, seed)
     for index, problem in enumerate(made):
         yield f"arith[{index}]", {"messages": problem.conversation()}
 
