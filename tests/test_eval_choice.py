@@ -14,6 +14,7 @@ from torch import nn
 from stages.common.model import GPTConfig, build, cross_entropy
 from stages.eval import choice
 from stages.eval.score import continuation_logprobs, option_logprobs, window_nats
+from stages.eval.work import run_all, units
 
 
 class Bigram(nn.Module):
@@ -150,3 +151,38 @@ def test_rows_that_cannot_be_prompts_as_they_are_are_counted(tmp_path):
     loaded = choice.load_set("mmlu", wheel)
     assert len(loaded.items) == 1 and loaded.rows == 5
     assert dict(loaded.skipped) == {"invalid_unicode": 1, "nul_character": 1, "duplicate_key": 1, "invalid_utf8": 1}
+
+
+class RunsOutOfMemory(Bigram):
+    """A Bigram that fails the way a full GPU does on batches over `fits` rows, counting the failures."""
+
+    def __init__(self, table: torch.Tensor, fits: int):
+        super().__init__(table)
+        self.fits, self.failures = fits, 0
+
+    def forward(self, tokens: torch.Tensor, cache=None) -> torch.Tensor:
+        if tokens.shape[0] > self.fits:
+            self.failures += 1
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().forward(tokens)
+
+
+def test_an_out_of_memory_error_halves_the_batch_and_loses_no_unit():
+    table = torch.randn(6, 6, generator=torch.Generator().manual_seed(0))
+    windows = [[i % 6, (i * 5) % 6, (i + 2) % 6] for i in range(24)]
+    work = units("nats", windows, 8)
+    expected = run_all(Bigram(table), work, batch_size=8)
+    tight = RunsOutOfMemory(table, fits=2)
+    assert run_all(tight, work, batch_size=8) == [[pytest.approx(v) for v in unit] for unit in expected]
+    assert tight.failures == 2  # 8 -> 4 -> 2 on the first unit; the rest run at 2 from the start
+    with pytest.raises(MemoryError, match="batch size 1"):
+        run_all(RunsOutOfMemory(table, fits=0), work, batch_size=8)
+
+
+def test_errors_other_than_out_of_memory_are_not_retried():
+    class Broken(Bigram):
+        def forward(self, tokens, cache=None):
+            raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        run_all(Broken(torch.zeros(6, 6)), units("nats", [[1, 2, 3]], 4), batch_size=4)

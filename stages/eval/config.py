@@ -90,7 +90,9 @@ class EvalConfig(StageConfig):
     workers: int = cosmetic(2, "parallel Ray tasks per model (data-parallel over work units)", ge=1)
     cpus_per_worker: float = cosmetic(1.0, "CPUs each eval task holds", gt=0)
     gpus_per_worker: float = cosmetic(0.0, "GPUs each eval task holds (the model runs on its GPU)", ge=0)
-    batch_size: int = cosmetic(32, "sequences per forward pass inside a work unit", ge=1)
+    batch_size: int = cosmetic(
+        32, "sequences per forward pass inside a work unit; halved by a worker that runs out of memory", ge=1
+    )
 
     @field_validator("choice")
     @classmethod

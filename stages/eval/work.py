@@ -4,17 +4,21 @@ Everything a worker does is model arithmetic on token ids the stage prepared: sc
 continuations, sum the loss of windows, answer prompts greedily, sample completions. Text,
 answers and rewards stay with the stage. Units have a fixed size and content whatever the
 number of workers (each unit's batches are the same), so the results are too; sampled
-completions are seeded per example.
+completions are seeded per example. A worker that runs out of memory halves its batch size and
+reruns the unit that failed (accelerate's `find_executable_batch_size`); scores of batches cut
+that way can differ from the planned ones in the last bits of a float.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 Kind = Literal["choice", "score", "nats", "greedy", "sample"]
+logger = logging.getLogger("z2h.eval")
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,33 @@ def run_units(model_dir: str, work: Sequence[Unit], batch_size: int) -> list[lis
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_pretrained(Path(model_dir), device=device).eval()
-    return [run_unit(model, unit, batch_size) for unit in work]
+    return run_all(model, work, batch_size, model_dir)
+
+
+def run_all(model, work: Sequence[Unit], batch_size: int, label: str = "the model") -> list[list[Any]]:
+    """Every unit's result, in order. An out-of-memory error (on a GPU or from the CPU allocator, as
+    accelerate recognises them) halves the batch size and reruns the unit that hit it; units already
+    done stay done and the smaller size holds for the rest. Other errors propagate as they are."""
+    from accelerate.utils import find_executable_batch_size
+
+    results: list[list[Any]] = []
+    size = batch_size
+
+    def halve() -> int:
+        nonlocal size
+        if size == 1:
+            raise MemoryError(f"eval: {label} runs out of memory at batch size 1 (unit {len(results)})")
+        size //= 2
+        logger.warning("eval: %s ran out of memory on unit %d; batch size now %d", label, len(results), size)
+        return size
+
+    def remaining(current: int) -> list[list[Any]]:
+        for unit in work[len(results) :]:
+            results.append(run_unit(model, unit, current))
+        return results
+
+    # called, not used as a decorator: in some accelerate releases that form drops reduce_batch_size_fn
+    return find_executable_batch_size(remaining, starting_batch_size=batch_size, reduce_batch_size_fn=halve)()
 
 
 def execute(
