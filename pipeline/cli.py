@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
@@ -413,6 +414,18 @@ def _command_name(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if _command_name(argv) != "chat" or threading.current_thread() is not threading.main_thread():
+        return _main(argv)
+    from use.sigint import hold_sigint, release_sigint
+
+    hold_sigint()  # before numpy starts its thread pool; `z2h chat` releases it once its threads run
+    try:
+        return _main(argv)
+    finally:
+        release_sigint()
+
+
+def _main(argv: list[str]) -> int:
     try:
         parser = build_parser(registry.commands(), wanted=_command_name(argv))
         args = parser.parse_args(argv)

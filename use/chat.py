@@ -65,6 +65,17 @@ class Conversation:
             self.messages += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
 
 
+def start_threads(loaded: Loaded) -> None:
+    """Run what starts the model's helper threads while SIGINT is held: a forward pass and an op big
+    enough for the intra-op pool."""
+    import torch
+
+    device = next(loaded.model.parameters()).device
+    with torch.no_grad():
+        loaded.model(torch.zeros(1, 1, dtype=torch.long, device=device))
+        (torch.ones(1 << 16, device=device) * 2).sum()
+
+
 def reply_stream(loaded: Loaded, ids: list[int], sampling, seed: int | None) -> Iterator[int]:
     from stages.common.chat import ASSISTANT_END
     from stages.common.generate import stream

@@ -85,10 +85,13 @@ def _open_model(args: argparse.Namespace):
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    from use.chat import chat_loop
+    from use.chat import chat_loop, start_threads
+    from use.sigint import release_sigint
 
-    sampling = _sampling(args)
+    sampling = _sampling(args)  # SIGINT is held since z2h started (pipeline.cli)
     loaded = _open_model(args)
+    start_threads(loaded)
+    release_sigint()
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401  (line editing and history for input())
     return chat_loop(loaded, sampling, args.seed)
