@@ -108,15 +108,22 @@ def policy_loss(
     return loss, stats
 
 
+def _sampling_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """fp32 logits of the distribution replies were sampled from; at temperature 1 no copy of the
+    whole (rows, T, vocab) tensor is made."""
+    logits = logits.float()
+    return logits if temperature == 1.0 else logits / temperature
+
+
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log p(target) per position under the sampling distribution softmax(logits / temperature):
     logits (rows, T, vocab), targets (rows, T) -> (rows, T), in fp32. Replies sampled at a temperature
     are scored at it, or the ratio and the gradient belong to a policy that did not sample them."""
-    logits = logits.float() / temperature
-    return torch.gather(logits.log_softmax(dim=-1), -1, targets.unsqueeze(-1)).squeeze(-1)
+    logp = _sampling_logits(logits, temperature).log_softmax(dim=-1)
+    return torch.gather(logp, -1, targets.unsqueeze(-1)).squeeze(-1)
 
 
 def entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Entropy of the sampling distribution per position: (rows, T, vocab) -> (rows, T)."""
-    logp = (logits.float() / temperature).log_softmax(dim=-1)
+    logp = _sampling_logits(logits, temperature).log_softmax(dim=-1)
     return -(logp.exp() * logp).sum(dim=-1)
